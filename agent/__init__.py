@@ -1,0 +1,1 @@
+"""GT-Vision agent: records a city's cameras, reads plates, buffers in SQLite, syncs to central."""

@@ -1,0 +1,1 @@
+"""GT-Vision central: ingests what agents send into PostgreSQL and object storage, serves admins."""

@@ -1,0 +1,1 @@
+"""Development stack: runs PostgreSQL, RabbitMQ, an S3 server, Redis and an RTSP test camera natively."""

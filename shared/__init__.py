@@ -1,0 +1,1 @@
+"""The contract between agent and central: wire messages, RabbitMQ topology, plate normalisation."""
