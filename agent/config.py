@@ -1,0 +1,133 @@
+"""The agent's YAML config: one pydantic tree, unknown keys refused, errors name the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+from uuid import UUID
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+CameraKey = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RecordConfig(Strict):
+    segment_seconds: int = Field(
+        10, ge=2, le=60, description="Target segment length; segments start on keyframes."
+    )
+
+
+class CameraConfig(Strict):
+    id: UUID = Field(description="The camera's id in central (cameras.id).")
+    name: str = Field(max_length=255, description="Human name, shown in logs and status.")
+    url: str = Field(
+        max_length=500,
+        description="RTSP URL without credentials, e.g. rtsp://10.0.0.5:554/stream1.",
+    )
+    username: str | None = Field(None, max_length=255, description="RTSP user name.")
+    password: SecretStr | None = Field(None, description="RTSP password; never logged.")
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    enabled: bool = True
+    record: RecordConfig = RecordConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _rtsp_without_credentials(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("rtsp", "rtsps"):
+            raise ValueError(f"must be an rtsp:// or rtsps:// URL (got scheme {parts.scheme!r})")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        if parts.username or parts.password:
+            raise ValueError("must not contain credentials: use the username/password keys")
+        return url
+
+    def source_url(self) -> str:
+        """The URL handed to ffmpeg, with credentials. Never log it: use ``url``."""
+        if not self.username:
+            return self.url
+        parts = urlsplit(self.url)
+        secret = self.password.get_secret_value() if self.password else ""
+        userinfo = quote(self.username, safe="") + ":" + quote(secret, safe="")
+        netloc = f"{userinfo}@{parts.netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class CentralConfig(Strict):
+    api_url: str = Field(description="Central HTTP API base URL, e.g. https://central.example/")
+    amqp_url: SecretStr = Field(description="RabbitMQ URL with this agent's credentials.")
+    token: SecretStr = Field(description="This agent's API token (issued at enrolment).")
+
+
+class AgentConfig(Strict):
+    agent_id: UUID
+    city_id: UUID
+    data_dir: Path = Field(description="Spool directory: SQLite store and segments.")
+    central: CentralConfig
+    cameras: dict[CameraKey, CameraConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _camera_ids_unique(self) -> AgentConfig:
+        seen: dict[UUID, str] = {}
+        for key, cam in self.cameras.items():
+            if cam.id in seen:
+                raise ValueError(f"cameras {seen[cam.id]!r} and {key!r} have the same id {cam.id}")
+            seen[cam.id] = key
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key path and the value."""
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = " -> ".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = (
+            ""
+            if isinstance(value, dict | list) or err["type"] == "missing"
+            else f" (got {value!r})"
+        )
+        if "password" in where or "token" in where or "amqp_url" in where:
+            shown = ""
+        lines.append(f"{where}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(text: str, source: str = "<config>") -> AgentConfig:
+    """Validate YAML text into an AgentConfig; raises ConfigError naming every bad key."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}:\n{_describe(exc)}") from None
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate a config file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(text, str(path))

@@ -1,0 +1,179 @@
+"""Publishes outbox rows to central: blobs by claim-check to object storage, then the message to
+RabbitMQ with publisher confirms. A row is marked sent only after the broker's Basic.Ack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+
+from agent.config import AgentConfig
+from agent.store import OutboxRow, Store
+from shared.messages import BlobRef, SegmentRecorded, encode
+from shared.topology import declare_topology, routing_key
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 10.0
+UPLOAD_TIMEOUT_S = 120.0
+# Short heartbeats: a half-open link is noticed in seconds, not the default minutes.
+AMQP_HEARTBEAT_S = 5
+
+
+class RelayError(Exception):
+    """A row that could not be delivered this time; it stays pending and is retried."""
+
+
+class Relay:
+    """Drains the outbox in priority order; backs off exponentially while central is away."""
+
+    def __init__(self, config: AgentConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self._connection: AbstractRobustConnection | None = None
+        self._exchange: AbstractExchange | None = None
+        self._http: httpx.AsyncClient | None = None
+        self.sent = 0
+        self.last_error: str | None = None
+
+    async def run(self) -> None:
+        """Relay until cancelled."""
+        failures = 0
+        try:
+            while True:
+                try:
+                    sent = await self.run_once()
+                    failures = 0
+                    if not sent:
+                        await asyncio.sleep(0.5)
+                except (RelayError, OSError, aio_pika.exceptions.AMQPError, httpx.HTTPError) as exc:
+                    failures += 1
+                    self.last_error = str(exc) or type(exc).__name__
+                    delay = min(2 ** (failures - 1), 60) * random.uniform(0.8, 1.2)
+                    log.warning("relay: %s; retrying in %.1fs", self.last_error, delay)
+                    await self._drop_connection()
+                    await asyncio.sleep(delay)
+        finally:
+            await self.close()
+
+    async def run_once(self) -> int:
+        """Send one batch of pending rows; returns how many were acknowledged."""
+        rows = await self.store.pending(limit=50)
+        if not rows:
+            return 0
+        exchange = await self._ensure_exchange()
+        for row in rows:
+            try:
+                body, key = await self._prepare(row)
+                # on_return_raises + a timeout: unroutable or unconfirmed is a failure.
+                await exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message_id=f"{row.kind}:{row.ref_id}",
+                    ),
+                    routing_key=key,
+                    timeout=PUBLISH_TIMEOUT_S,
+                )
+            except Exception as exc:
+                await self.store.mark_failed(row.id, f"{type(exc).__name__}: {exc}")
+                raise RelayError(f"outbox row {row.id} ({row.kind}): {exc}") from exc
+            await self.store.mark_sent(row.id)
+            self.sent += 1
+        self.last_error = None
+        return len(rows)
+
+    async def _prepare(self, row: OutboxRow) -> tuple[bytes, str]:
+        if row.kind != "segment":
+            raise RelayError(f"unknown outbox kind {row.kind!r}")
+        seg = await self.store.segment(row.ref_id)
+        if seg is None:
+            raise RelayError(f"segment {row.ref_id} has no row")
+        blob = await self._upload(
+            kind="segment",
+            camera_id=str(seg.camera_id),
+            object_id=str(seg.segment_id),
+            path=seg.path,
+            size_bytes=seg.size_bytes,
+            sha256=seg.sha256,
+        )
+        msg = SegmentRecorded(
+            segment_id=seg.segment_id,
+            agent_id=self.config.agent_id,
+            camera_id=seg.camera_id,
+            start_ms=seg.start_ms,
+            duration_ms=seg.duration_ms,
+            codec=seg.codec,
+            blob=blob,
+        )
+        return encode(msg), routing_key("segment", self.config.city_id, self.config.agent_id)
+
+    async def _upload(
+        self, *, kind: str, camera_id: str, object_id: str, path: Path, size_bytes: int, sha256: str
+    ) -> BlobRef:
+        """Claim-check: ask central for a presigned PUT URL for this object, then upload it."""
+        http = self._client()
+        resp = await http.post(
+            "/api/agent/v1/uploads",
+            json={
+                "kind": kind,
+                "camera_id": camera_id,
+                "object_id": object_id,
+                "size_bytes": size_bytes,
+                "sha256": sha256,
+            },
+        )
+        if resp.status_code != 200:
+            raise RelayError(f"upload URL refused: HTTP {resp.status_code} {resp.text[:200]}")
+        grant: dict[str, Any] = resp.json()
+        data = await asyncio.to_thread(path.read_bytes)
+        put = await http.put(
+            grant["url"], content=data, headers={"Content-Type": "video/mp4"},
+            timeout=UPLOAD_TIMEOUT_S,
+        )  # fmt: skip
+        if put.status_code != 200:
+            raise RelayError(f"object upload failed: HTTP {put.status_code} {put.text[:200]}")
+        return BlobRef(
+            bucket=grant["bucket"], key=grant["key"], size_bytes=size_bytes, sha256=sha256
+        )
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                base_url=self.config.central.api_url,
+                headers={"Authorization": f"Bearer {self.config.central.token.get_secret_value()}"},
+                timeout=30.0,
+            )
+        return self._http
+
+    async def _ensure_exchange(self) -> AbstractExchange:
+        if self._exchange is None:
+            url = self.config.central.amqp_url.get_secret_value()
+            self._connection = await aio_pika.connect_robust(
+                url, heartbeat=AMQP_HEARTBEAT_S, timeout=10
+            )
+            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._exchange = await declare_topology(channel)
+        return self._exchange
+
+    async def _drop_connection(self) -> None:
+        self._exchange = None
+        if self._connection is not None:
+            conn, self._connection = self._connection, None
+            try:
+                await conn.close()
+            except Exception as exc:  # a dead link cannot close cleanly; that is fine
+                log.debug("relay: closing AMQP connection: %r", exc)
+
+    async def close(self) -> None:
+        await self._drop_connection()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None

@@ -1,0 +1,198 @@
+"""Central's HTTP API (FastAPI): health, login, agent upload grants, camera segments."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import asyncpg
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from minio import Minio
+from pydantic import BaseModel, Field
+
+from central import agents, cameras, segments, storage, users
+from central.db import create_pool
+from central.settings import Settings
+from shared.messages import SHA256_HEX
+
+log = logging.getLogger(__name__)
+bearer = HTTPBearer(auto_error=False)
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    pool: asyncpg.Pool
+    s3: Minio
+    s3_public: Minio
+    redis: aioredis.Redis
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The ASGI app; resources are made in its lifespan and reached through ``app.state``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(settings.database_url.get_secret_value(), settings.db_pool_max)
+        s3 = storage.make_client(settings)
+        await asyncio.to_thread(storage.ensure_buckets, s3)
+        redis = aioredis.from_url(settings.redis_url)
+        app.state.res = Resources(
+            settings, pool, s3, storage.make_client(settings, public=True), redis
+        )
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    app = FastAPI(
+        title="GT-Vision central API",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Cities, cameras, agents and their recordings.",
+    )
+    _routes(app)
+    return app
+
+
+def res(request: Request) -> Resources:
+    r: Resources = request.app.state.res
+    return r
+
+
+Res = Annotated[Resources, Depends(res)]
+Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+async def current_user(r: Res, creds: Creds) -> UUID:
+    """The logged-in user from ``Authorization: Bearer <session token>``, else 401."""
+    user = creds and users.verify_token(
+        creds.credentials, r.settings.gtvision_secret_key.get_secret_value()
+    )
+    if not user:
+        raise HTTPException(401, "login required", headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+async def current_agent(r: Res, creds: Creds) -> agents.Agent:
+    """The agent from ``Authorization: Bearer <agent token>``, else 401."""
+    agent = None
+    if creds is not None:
+        async with r.pool.acquire() as conn:
+            agent = await agents.agent_by_token(conn, creds.credentials)
+    if agent is None:
+        raise HTTPException(401, "unknown or revoked agent token")
+    return agent
+
+
+class LoginRequest(BaseModel):
+    email: str = Field(max_length=255)
+    password: str = Field(max_length=1024)
+
+
+class LoginResponse(BaseModel):
+    token: str
+    expires_in_s: int
+
+
+class UploadRequest(BaseModel):
+    kind: Literal["segment"]
+    camera_id: UUID
+    object_id: UUID
+    size_bytes: int = Field(ge=1, le=8 * 1024**3)
+    sha256: str = Field(pattern=SHA256_HEX)
+
+
+class UploadGrant(BaseModel):
+    bucket: str
+    key: str
+    url: str
+    expires_in_s: int
+
+
+class SegmentOut(BaseModel):
+    id: UUID
+    camera_id: UUID
+    start_time: datetime
+    end_time: datetime
+    duration_ms: int
+    codec: str
+    bucket: str
+    object_key: str
+    size_bytes: int
+    sha256: str
+    received_at: datetime
+
+
+def _routes(app: FastAPI) -> None:
+    @app.get("/api/health", tags=["ops"])
+    async def health(r: Res) -> dict[str, Any]:
+        """200 when PostgreSQL, object storage and Redis answer; 503 naming what does not."""
+        checks: dict[str, str] = {}
+        try:
+            async with r.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            checks["database"] = "ok"
+        except (OSError, asyncpg.PostgresError) as exc:
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            await asyncio.to_thread(r.s3.bucket_exists, "recordings")
+            checks["object_storage"] = "ok"
+        except Exception as exc:
+            checks["object_storage"] = f"error: {type(exc).__name__}"
+        try:
+            await r.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"error: {type(exc).__name__}"
+        if any(v != "ok" for v in checks.values()):
+            raise HTTPException(503, checks)
+        return checks
+
+    @app.post("/api/auth/login", tags=["auth"])
+    async def login(body: LoginRequest, r: Res) -> LoginResponse:
+        async with r.pool.acquire() as conn:
+            user = await users.authenticate(conn, body.email, body.password)
+        if user is None:
+            raise HTTPException(401, "wrong e-mail or password")
+        token = users.issue_token(user, r.settings.gtvision_secret_key.get_secret_value())
+        return LoginResponse(token=token, expires_in_s=users.SESSION_TTL_S)
+
+    @app.get("/api/cameras/{camera_id}/segments", tags=["recordings"])
+    async def camera_segments(
+        camera_id: UUID,
+        r: Res,
+        _user: Annotated[UUID, Depends(current_user)],
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=segments.MAX_PAGE)] = 100,
+    ) -> list[SegmentOut]:
+        """Segments of a camera overlapping [start, end), oldest first."""
+        async with r.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT 1 FROM cameras WHERE id = $1", camera_id):
+                raise HTTPException(404, "camera not found")
+            rows = await segments.list_segments(conn, camera_id, start, end, limit)
+        return [SegmentOut(**row) for row in rows]
+
+    @app.post("/api/agent/v1/uploads", tags=["agents"])
+    async def upload_grant(
+        body: UploadRequest, r: Res, agent: Annotated[agents.Agent, Depends(current_agent)]
+    ) -> UploadGrant:
+        """A short-lived presigned PUT URL for one object under the agent's city (claim-check)."""
+        async with r.pool.acquire() as conn:
+            city = await cameras.camera_city_for_agent(conn, body.camera_id, agent.id)
+        if city is None:
+            raise HTTPException(404, "camera not found")
+        key = storage.segment_key(city, body.camera_id, body.object_id)
+        ttl = r.settings.upload_url_ttl_s
+        url = await asyncio.to_thread(storage.presign_put, r.s3_public, "recordings", key, ttl)
+        return UploadGrant(bucket="recordings", key=key, url=url, expires_in_s=ttl)

@@ -1,0 +1,114 @@
+"""``gtvision-central``: migrate the database, run the API or the ingest consumers, bootstrap."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from central import migrate
+from central.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()  # filled from the environment
+    except ValidationError as exc:
+        names = ", ".join(str(e["loc"][0]).upper() for e in exc.errors())
+        raise SystemExit(f"configuration error: check environment variable(s) {names}") from None
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    # Only DATABASE_URL is needed here, so do not demand the rest of the settings.
+    url = migrate.database_url_from_env()
+    if args.downgrade:
+        migrate.downgrade(url, args.downgrade)
+    else:
+        migrate.upgrade(url)
+    return 0
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from central.api import create_app
+
+    uvicorn.run(create_app(_settings()), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from central import storage
+    from central.db import create_pool
+    from central.ingest import run_ingest
+
+    settings = _settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        pool = await create_pool(settings.database_url.get_secret_value(), settings.db_pool_max)
+        s3 = storage.make_client(settings)
+        await asyncio.to_thread(storage.ensure_buckets, s3)
+        try:
+            await run_ingest(settings.amqp_url.get_secret_value(), pool, s3, stop)
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def _cmd_bootstrap(args: argparse.Namespace) -> int:
+    """Create (idempotently) an admin user; with --city, a city, an agent and a camera."""
+    from central.bootstrap import bootstrap
+
+    settings = _settings()
+    out = asyncio.run(
+        bootstrap(
+            settings.database_url.get_secret_value(),
+            admin_email=args.admin_email,
+            admin_password=args.admin_password,
+            camera_url=args.camera_url,
+        )
+    )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gtvision-central", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("migrate", help="apply Alembic migrations to DATABASE_URL")
+    p.add_argument("--downgrade", metavar="REV", help="migrate down to REV (e.g. base)")
+    p.set_defaults(fn=_cmd_migrate)
+    p = sub.add_parser("api", help="serve the HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(fn=_cmd_api)
+    p = sub.add_parser("ingest", help="consume agent messages from RabbitMQ")
+    p.set_defaults(fn=_cmd_ingest)
+    p = sub.add_parser("bootstrap", help="create the first admin (and a demo city/agent/camera)")
+    p.add_argument("--admin-email", required=True)
+    p.add_argument("--admin-password", required=True)
+    p.add_argument("--camera-url", help="also create a demo city, agent and this camera")
+    p.set_defaults(fn=_cmd_bootstrap)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    result: int = args.fn(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Video segments uploaded by agents: SQL functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from shared.messages import SegmentRecorded
+
+MAX_PAGE = 1000
+
+
+def ms_to_dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+async def insert_segments(conn: asyncpg.Connection, messages: list[SegmentRecorded]) -> int:
+    """Insert segments; redeliveries of a segment id are ignored. Returns rows inserted."""
+    if not messages:
+        return 0
+    rows = [
+        (
+            m.segment_id, m.camera_id, m.agent_id, ms_to_dt(m.start_ms),
+            ms_to_dt(m.start_ms + m.duration_ms), m.duration_ms, m.codec, m.blob.bucket,
+            m.blob.key, m.blob.size_bytes, m.blob.sha256,
+        )
+        for m in messages
+    ]  # fmt: skip
+    result: str = await conn.execute(
+        """
+        INSERT INTO segments (id, camera_id, agent_id, start_time, end_time, duration_ms, codec,
+                              bucket, object_key, size_bytes, sha256)
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[],
+                             $5::timestamptz[], $6::int[], $7::text[], $8::text[], $9::text[],
+                             $10::bigint[], $11::text[])
+        ON CONFLICT (id) DO NOTHING
+        """,
+        *[list(col) for col in zip(*rows, strict=True)],
+    )
+    return int(result.rsplit(" ", 1)[1])
+
+
+async def list_segments(
+    conn: asyncpg.Connection,
+    camera_id: UUID,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Segments of a camera overlapping [start, end), oldest first, at most ``limit``."""
+    rows = await conn.fetch(
+        """
+        SELECT id, camera_id, start_time, end_time, duration_ms, codec, bucket, object_key,
+               size_bytes, sha256, received_at
+        FROM segments
+        WHERE camera_id = $1
+          AND ($2::timestamptz IS NULL OR end_time > $2)
+          AND ($3::timestamptz IS NULL OR start_time < $3)
+        ORDER BY start_time
+        LIMIT $4
+        """,
+        camera_id, start, end, min(limit, MAX_PAGE),
+    )  # fmt: skip
+    return [dict(r) for r in rows]

@@ -1,0 +1,30 @@
+"""Central's configuration, from environment variables (12-factor, as docker-compose sets them)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting is an environment variable of the same name in upper case."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    database_url: SecretStr = Field(description="postgresql://user:pass@host:5432/db")
+    amqp_url: SecretStr = Field(description="amqp://user:pass@host:5672/")
+    s3_endpoint: str = Field(description="Object storage host:port, no scheme.")
+    s3_access_key: SecretStr
+    s3_secret_key: SecretStr
+    s3_secure: bool = Field(False, description="Use HTTPS to reach object storage.")
+    s3_region: str = Field("us-east-1", description="Region used to sign presigned URLs.")
+    s3_public_endpoint: str | None = Field(
+        None,
+        description="host:port agents and browsers use for presigned URLs, if not s3_endpoint.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0")
+    gtvision_secret_key: SecretStr = Field(
+        description="Signs session tokens; at least 32 characters.", min_length=32
+    )
+    upload_url_ttl_s: int = Field(300, ge=30, le=3600, description="Presigned PUT lifetime.")
+    db_pool_max: int = Field(10, ge=1, le=200)

@@ -1,0 +1,79 @@
+"""Object storage (MinIO in production, any S3 API here): buckets, presigned URLs, verification.
+
+The minio SDK is synchronous: async callers run these functions with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from uuid import UUID
+
+from minio import Minio
+from minio.error import S3Error
+
+from central.settings import Settings
+
+BUCKETS = ("recordings", "clips", "lpr-images", "thumbnails")
+
+
+class BlobMismatch(Exception):
+    """An object that is missing or differs from its claim-check (size or SHA-256)."""
+
+
+def make_client(settings: Settings, *, public: bool = False) -> Minio:
+    """A client for server-side calls, or (``public``) one that signs URLs for agents/browsers."""
+    endpoint = settings.s3_public_endpoint if public and settings.s3_public_endpoint else None
+    return Minio(
+        endpoint or settings.s3_endpoint,
+        access_key=settings.s3_access_key.get_secret_value(),
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+    )
+
+
+def ensure_buckets(client: Minio) -> None:
+    """Create the four buckets if missing. Idempotent; blocks."""
+    for bucket in BUCKETS:
+        if not client.bucket_exists(bucket):
+            try:
+                client.make_bucket(bucket)
+            except S3Error as exc:  # another replica created it first
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+
+def segment_key(city_id: UUID, camera_id: UUID, segment_id: UUID) -> str:
+    """Id-addressed key: the same segment always maps to the same object (idempotent retries)."""
+    return f"{city_id}/{camera_id}/{segment_id}.mp4"
+
+
+def presign_put(client: Minio, bucket: str, key: str, ttl_s: int) -> str:
+    return client.presigned_put_object(bucket, key, expires=timedelta(seconds=ttl_s))
+
+
+def verify_blob(client: Minio, bucket: str, key: str, size_bytes: int, sha256: str) -> None:
+    """Raise BlobMismatch unless the object exists with this size and SHA-256. Blocks.
+
+    Reads the object: a single-part ETag is an MD5 and a multipart one is not a content hash,
+    so only reading proves the content matches the claim.
+    """
+    try:
+        stat = client.stat_object(bucket, key)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
+            raise BlobMismatch(f"{bucket}/{key} does not exist") from None
+        raise
+    if stat.size != size_bytes:
+        raise BlobMismatch(f"{bucket}/{key} has {stat.size} bytes, expected {size_bytes}")
+    digest = hashlib.sha256()
+    resp = client.get_object(bucket, key)
+    try:
+        for chunk in resp.stream(1 << 20):
+            digest.update(chunk)
+    finally:
+        resp.close()
+        resp.release_conn()
+    if digest.hexdigest() != sha256:
+        raise BlobMismatch(f"{bucket}/{key} SHA-256 differs from the claim")

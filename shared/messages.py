@@ -1,0 +1,106 @@
+"""Wire messages between agent and central: frozen, versioned models with idempotency keys."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.plates import PLATE_RE
+
+# A message body larger than this is refused before parsing: blobs travel by claim-check
+# (object storage), so nothing legitimate comes near it.
+MAX_MESSAGE_BYTES = 64 * 1024
+
+SHA256_HEX = r"^[0-9a-f]{64}$"
+# Object keys are built by central from ids; the pattern keeps path tricks ("..", "//") out.
+OBJECT_KEY_RE = re.compile(r"^[a-z0-9-]+(/[A-Za-z0-9._-]+)+$")
+
+EpochMs = Annotated[int, Field(ge=0, le=10**13, description="UTC epoch milliseconds")]
+
+
+class WireModel(BaseModel):
+    """Base of every message: unknown fields are refused and instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=1024)
+
+
+class BlobRef(WireModel):
+    """A claim-check: where an object was uploaded and what it must contain."""
+
+    bucket: Literal["recordings", "clips", "lpr-images", "thumbnails"]
+    key: str = Field(pattern=OBJECT_KEY_RE.pattern, max_length=512)
+    size_bytes: int = Field(ge=1, le=8 * 1024**3)
+    sha256: str = Field(pattern=SHA256_HEX)
+
+
+class SegmentRecorded(WireModel):
+    """A closed, validated video segment that the agent has uploaded to object storage.
+
+    Idempotency key: ``segment_id`` (central inserts ON CONFLICT DO NOTHING).
+    """
+
+    type: Literal["segment"] = "segment"
+    schema_version: Literal[1] = 1
+    segment_id: UUID
+    agent_id: UUID
+    camera_id: UUID
+    start_ms: EpochMs
+    duration_ms: int = Field(ge=1, le=120_000)
+    codec: Literal["h264", "h265"]
+    blob: BlobRef
+
+
+class PlateRead(WireModel):
+    """One plate read per vehicle passage. Idempotency key: ``read_id``."""
+
+    type: Literal["plate_read"] = "plate_read"
+    schema_version: Literal[1] = 1
+    read_id: UUID
+    agent_id: UUID
+    camera_id: UUID
+    plate: str = Field(pattern=PLATE_RE.pattern)
+    confidence: float = Field(ge=0, le=1)
+    seen_ms: EpochMs
+    segment_id: UUID | None = None
+    crop: BlobRef | None = None
+
+
+Message = SegmentRecorded | PlateRead
+
+MESSAGE_TYPES: dict[str, type[SegmentRecorded] | type[PlateRead]] = {
+    "segment": SegmentRecorded,
+    "plate_read": PlateRead,
+}
+
+
+class MessageRejected(ValueError):
+    """A body that is not a valid message of the expected type; ``reason`` is for the DLQ."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode(body: bytes, expected_type: str) -> Message:
+    """Parse and validate one message body; raises MessageRejected with a one-line reason."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise MessageRejected(f"body too large: {len(body)} > {MAX_MESSAGE_BYTES} bytes")
+    model = MESSAGE_TYPES.get(expected_type)
+    if model is None:
+        raise MessageRejected(f"unknown message type {expected_type!r}")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = " -> ".join(str(p) for p in first["loc"]) or "body"
+        raise MessageRejected(
+            f"invalid {expected_type}: {where}: {first['msg']} ({exc.error_count()} error(s))"
+        ) from None
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a message to its JSON wire form."""
+    return message.model_dump_json().encode()
