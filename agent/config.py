@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -94,6 +95,14 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the key path and the value."""
 
 
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@/\s]*@", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """Mask any ``user:password@`` inside URLs in ``text``."""
+    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
+
+
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -106,7 +115,7 @@ def _describe(exc: ValidationError) -> str:
         )
         if "password" in where or "token" in where or "amqp_url" in where:
             shown = ""
-        lines.append(f"{where}: {err['msg']}{shown}")
+        lines.append(redact_url(f"{where}: {err['msg']}{shown}"))
     return "\n".join(lines)
 
 

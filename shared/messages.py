@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.plates import PLATE_RE
 
@@ -34,6 +34,13 @@ class BlobRef(WireModel):
     key: str = Field(pattern=OBJECT_KEY_RE.pattern, max_length=512)
     size_bytes: int = Field(ge=1, le=8 * 1024**3)
     sha256: str = Field(pattern=SHA256_HEX)
+
+    @field_validator("key")
+    @classmethod
+    def _no_dot_segments(cls, key: str) -> str:
+        if any(part in (".", "..") for part in key.split("/")):
+            raise ValueError("must not contain '.' or '..' path segments")
+        return key
 
 
 class SegmentRecorded(WireModel):
