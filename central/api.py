@@ -44,6 +44,13 @@ def create_app(settings: Settings) -> FastAPI:
         pool = await create_pool(settings.database_url.get_secret_value(), settings.db_pool_max)
         s3 = storage.make_client(settings)
         await asyncio.to_thread(storage.ensure_buckets, s3)
+        if settings.gtvision_admin_email and settings.gtvision_admin_password:
+            async with pool.acquire() as conn:
+                await users.ensure_user(
+                    conn,
+                    settings.gtvision_admin_email,
+                    settings.gtvision_admin_password.get_secret_value(),
+                )
         redis = aioredis.from_url(settings.redis_url)
         app.state.res = Resources(
             settings, pool, s3, storage.make_client(settings, public=True), redis

@@ -26,5 +26,9 @@ class Settings(BaseSettings):
     gtvision_secret_key: SecretStr = Field(
         description="Signs session tokens; at least 32 characters.", min_length=32
     )
+    gtvision_admin_email: str | None = Field(
+        None, description="First administrator, created at start-up if missing."
+    )
+    gtvision_admin_password: SecretStr | None = None
     upload_url_ttl_s: int = Field(300, ge=30, le=3600, description="Presigned PUT lifetime.")
     db_pool_max: int = Field(10, ge=1, le=200)

@@ -28,11 +28,14 @@ async def create_user(conn: asyncpg.Connection, email: str, password: str) -> UU
 
 
 async def ensure_user(conn: asyncpg.Connection, email: str, password: str) -> UUID:
-    """The user with this e-mail, created with this password if missing."""
-    existing: UUID | None = await conn.fetchval(
-        "SELECT id FROM users WHERE email = $1", email.lower()
-    )
-    return existing if existing is not None else await create_user(conn, email, password)
+    """The user with this e-mail, created with this password if missing. Safe to race."""
+    await conn.execute(
+        "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3)"
+        " ON CONFLICT (email) DO NOTHING",
+        uuid.uuid4(), email.lower(), _hasher.hash(password),
+    )  # fmt: skip
+    user_id: UUID = await conn.fetchval("SELECT id FROM users WHERE email = $1", email.lower())
+    return user_id
 
 
 async def authenticate(conn: asyncpg.Connection, email: str, password: str) -> UUID | None:
