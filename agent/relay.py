@@ -39,6 +39,7 @@ class Relay:
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
         self._http: httpx.AsyncClient | None = None
+        self._blob_http: httpx.AsyncClient | None = None
         self.sent = 0
         self.last_error: str | None = None
 
@@ -134,15 +135,21 @@ class Relay:
             raise RelayError(f"upload URL refused: HTTP {resp.status_code} {resp.text[:200]}")
         grant: dict[str, Any] = resp.json()
         data = await asyncio.to_thread(path.read_bytes)
-        put = await http.put(
-            grant["url"], content=data, headers={"Content-Type": "video/mp4"},
-            timeout=UPLOAD_TIMEOUT_S,
-        )  # fmt: skip
+        # A separate client: the presigned URL is the only credential S3 may see (an extra
+        # Authorization header makes the request ambiguous and S3 refuses it).
+        put = await self._blob_client().put(
+            grant["url"], content=data, headers={"Content-Type": "video/mp4"}
+        )
         if put.status_code != 200:
             raise RelayError(f"object upload failed: HTTP {put.status_code} {put.text[:200]}")
         return BlobRef(
             bucket=grant["bucket"], key=grant["key"], size_bytes=size_bytes, sha256=sha256
         )
+
+    def _blob_client(self) -> httpx.AsyncClient:
+        if self._blob_http is None:
+            self._blob_http = httpx.AsyncClient(timeout=UPLOAD_TIMEOUT_S)
+        return self._blob_http
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -174,6 +181,7 @@ class Relay:
 
     async def close(self) -> None:
         await self._drop_connection()
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        for client in (self._http, self._blob_http):
+            if client is not None:
+                await client.aclose()
+        self._http = self._blob_http = None

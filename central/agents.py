@@ -23,10 +23,12 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def create_agent(conn: asyncpg.Connection, cidade_id: UUID, nome: str) -> tuple[UUID, str]:
+async def create_agent(
+    conn: asyncpg.Connection, cidade_id: UUID, nome: str, token: str | None = None
+) -> tuple[UUID, str]:
     """Insert an agent; returns its id and its API token (shown once, stored only hashed)."""
     agent_id = uuid.uuid4()
-    token = secrets.token_urlsafe(32)
+    token = token or secrets.token_urlsafe(32)
     await conn.execute(
         "INSERT INTO agents (id, cidade_id, nome, token_sha256) VALUES ($1, $2, $3, $4)",
         agent_id, cidade_id, nome, token_digest(token),
@@ -51,9 +53,9 @@ async def agent_city(conn: asyncpg.Connection, agent_id: UUID) -> UUID | None:
     return city
 
 
-async def rotate_token(conn: asyncpg.Connection, agent_id: UUID) -> str:
-    """Give the agent a new token; the old one stops working at once."""
-    token = secrets.token_urlsafe(32)
+async def rotate_token(conn: asyncpg.Connection, agent_id: UUID, token: str | None = None) -> str:
+    """Give the agent a new (or the given) token; the old one stops working at once."""
+    token = token or secrets.token_urlsafe(32)
     await conn.execute(
         "UPDATE agents SET token_sha256 = $2 WHERE id = $1", agent_id, token_digest(token)
     )

@@ -18,11 +18,12 @@ async def bootstrap(
     admin_email: str,
     admin_password: str,
     camera_url: str | None = None,
+    agent_token: str | None = None,
 ) -> dict[str, Any]:
     """Ensure the admin exists; with ``camera_url`` also the demo city, agent and camera.
 
-    Idempotent. The demo agent's token is rotated on every call (only its hash is stored, so a
-    fresh one is the only way to hand it to the agent again).
+    Idempotent. Only a token's hash is stored, so the demo agent's token is set to
+    ``agent_token`` when given, else rotated to a fresh one, and returned.
     """
     pool = await create_pool(database_url, max_size=2)
     try:
@@ -31,21 +32,23 @@ async def bootstrap(
                 "admin_id": str(await users.ensure_user(conn, admin_email, admin_password))
             }
             if camera_url:
-                out |= await _demo(conn, camera_url)
+                out |= await _demo(conn, camera_url, agent_token)
         return out
     finally:
         await pool.close()
 
 
-async def _demo(conn: asyncpg.Connection, camera_url: str) -> dict[str, Any]:
+async def _demo(
+    conn: asyncpg.Connection, camera_url: str, agent_token: str | None
+) -> dict[str, Any]:
     city = await conn.fetchval("SELECT id FROM cidades WHERE nome = $1 AND estado = $2", *DEMO_CITY)
     if city is None:
         city = await cities.create_city(conn, *DEMO_CITY, plano_retencao_dias=7)
     agent = await conn.fetchval("SELECT id FROM agents WHERE cidade_id = $1 LIMIT 1", city)
     if agent is None:
-        agent, token = await agents.create_agent(conn, city, "agente-demo")
+        agent, token = await agents.create_agent(conn, city, "agente-demo", agent_token)
     else:
-        token = await agents.rotate_token(conn, agent)
+        token = await agents.rotate_token(conn, agent, agent_token)
     camera = await conn.fetchval(
         "SELECT id FROM cameras WHERE cidade_id = $1 AND url_rtsp = $2", city, camera_url
     )

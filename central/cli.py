@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -77,6 +78,7 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
             admin_email=args.admin_email,
             admin_password=args.admin_password,
             camera_url=args.camera_url,
+            agent_token=os.environ.get("GTVISION_DEMO_AGENT_TOKEN"),
         )
     )
     print(json.dumps(out, indent=2))

@@ -1,1 +1,1 @@
-"""Development stack: runs PostgreSQL, RabbitMQ, an S3 server, Redis and an RTSP test camera natively."""
+"""Development stack: PostgreSQL, RabbitMQ, S3, Redis and an RTSP test camera, run natively."""

@@ -39,5 +39,7 @@ def run_checks(pytest_args: list[str], only: list[str] | None = None) -> int:
         results.append((name, code, time.monotonic() - started))
     print("\n==> summary")
     for name, code, seconds in results:
-        print(f"    {name:<8} {'ok' if code == 0 else f'FAILED (exit {code})':<18} {seconds:6.1f} s")
+        print(
+            f"    {name:<8} {'ok' if code == 0 else f'FAILED (exit {code})':<18} {seconds:6.1f} s"
+        )
     return 0 if all(code == 0 for _, code, _ in results) else 1

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import yaml
 
 from devstack.procs import HOST, ProcRef, RunningService, run_checked, start_process, wait_until
+from devstack.stack import Stack
 
 API_PORT = 8080
 ADMIN_EMAIL = "admin@gtvision.local"
@@ -30,7 +32,11 @@ def _secrets(state_dir: Path) -> dict[str, str]:
         data: dict[str, str] = json.loads(path.read_text())
         return data
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"secret_key": secrets.token_urlsafe(48), "admin_password": secrets.token_urlsafe(12)}
+    data = {
+        "secret_key": secrets.token_urlsafe(48),
+        "admin_password": secrets.token_urlsafe(12),
+        "agent_token": secrets.token_urlsafe(32),
+    }
     path.write_text(json.dumps(data))
     path.chmod(0o600)
     return data
@@ -62,6 +68,8 @@ def prepare(stack_env: Mapping[str, str], state_dir: Path) -> dict[str, str]:
     """Migrate the database, ensure the admin and the demo city/agent/camera, write the agent's
     config. Idempotent. Returns the ids from ``gtvision-central bootstrap``."""
     env = central_env(stack_env, state_dir)
+    # A stable token: re-running `up` must not lock out an agent that is already running.
+    env["GTVISION_DEMO_AGENT_TOKEN"] = _secrets(state_dir)["agent_token"]
     run_checked([_bin("gtvision-central"), "migrate"], env=env, timeout_s=120, what="migrate")
     email, password = admin_login(state_dir)
     out = run_checked(
@@ -131,3 +139,31 @@ def start_agent(state_dir: Path, log: Path) -> RunningService:
         url=f"(records the camera; config {config})",
         log=log,
     )
+
+
+SYSTEM_SERVICES = ("central-api", "central-ingest", "agent")
+
+
+def up(stack: Stack, on_event: Callable[[str, str, float], None] | None = None) -> dict[str, str]:
+    """Prepare central and start the API, the ingest consumer and the agent, each unless it
+    already runs; record them in the stack so `status` and `down` cover them. Idempotent."""
+    env = stack.env()
+    ids = prepare(env, stack.state_dir)
+    logs = stack.state_dir / "logs"
+    starters: dict[str, Callable[[Path], RunningService]] = {
+        "central-api": lambda log: start_central_api(env, stack.state_dir, log),
+        "central-ingest": lambda log: start_central_ingest(env, stack.state_dir, log),
+        "agent": lambda log: start_agent(stack.state_dir, log),
+    }
+    for name in SYSTEM_SERVICES:
+        existing = stack.service(name)
+        if existing is not None and stack.is_running(existing):
+            if on_event:
+                on_event(name, "running", 0.0)
+            continue
+        started = time.monotonic()
+        svc = starters[name](logs / f"{name}.log")
+        stack.record(svc)
+        if on_event:
+            on_event(name, "started", time.monotonic() - started)
+    return ids

@@ -135,13 +135,20 @@ CREATE INDEX idx_segments_camera_start ON segments(camera_id, start_time);
 """
 
 
+def _run(script: str) -> None:
+    # asyncpg prepares each statement: one command per call.
+    for statement in script.split(";"):
+        if statement.strip():
+            op.execute(statement)
+
+
 def upgrade() -> None:
-    op.execute(SEED)
-    op.execute(EXTENSIONS)
+    _run(SEED)
+    _run(EXTENSIONS)
 
 
 def downgrade() -> None:
-    op.execute(
+    _run(
         "DROP TABLE segments; ALTER TABLE cameras DROP COLUMN agent_id; DROP TABLE agents;"
         "DROP TABLE lpr_events, mosaics, clips, recordings, streams, cameras, cidades,"
         " user_roles, roles, users;"
