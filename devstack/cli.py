@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack import system
+from devstack import checks, system
 from devstack.install import InstallError, ensure_installed
 from devstack.procs import ServiceError
 from devstack.stack import SERVICES, Stack, default_state_dir
@@ -186,6 +186,28 @@ def cmd_env(args: argparse.Namespace) -> int:
     for key, value in stack_of(args).env().items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
+
+
+# ---- check -------------------------------------------------------------------------------------
+
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--only", nargs="+", choices=[n for n, _ in checks.steps([])], metavar="STEP",
+        help="run only these steps (format, lint, types, compose, tests)",
+    )  # fmt: skip
+    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+
+
+@command("check", "every check: format, lint, types, compose file, all tests", _check_arguments)
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        # The tests start real services: install what they need first, as `up` does.
+        ensure_installed(apt=True)
+    except InstallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return checks.run_checks(args.pytest_args, args.only)
 
 
 # ---- entry point ------------------------------------------------------------------------------
