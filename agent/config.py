@@ -42,8 +42,8 @@ class CameraConfig(Strict):
     username: str | None = Field(None, max_length=255, description="RTSP user name.")
     password: SecretStr | None = Field(None, description="RTSP password; never logged.")
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
-    enabled: bool = True
-    record: RecordConfig = RecordConfig()
+    enabled: bool = Field(True, description="Record this camera; false keeps it configured.")
+    record: RecordConfig = Field(RecordConfig(), description="Recording settings.")
 
     @field_validator("url")
     @classmethod
@@ -75,11 +75,15 @@ class CentralConfig(Strict):
 
 
 class AgentConfig(Strict):
-    agent_id: UUID
-    city_id: UUID
+    agent_id: UUID = Field(description="This agent's id in central (agents.id).")
+    city_id: UUID = Field(description="The city this agent serves (cidades.id).")
     data_dir: Path = Field(description="Spool directory: SQLite store and segments.")
-    central: CentralConfig
-    cameras: dict[CameraKey, CameraConfig] = Field(default_factory=dict)
+    central: CentralConfig = Field(description="How to reach central.")
+    cameras: dict[CameraKey, CameraConfig] = Field(
+        default_factory=dict,
+        description="Cameras by short name (lower case, digits, '_' or '-'): the name is used "
+        "in logs and spool paths.",
+    )
 
     @model_validator(mode="after")
     def _camera_ids_unique(self) -> AgentConfig:

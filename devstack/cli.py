@@ -210,6 +210,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     return checks.run_checks(args.pytest_args, args.only)
 
 
+# ---- refdocs -----------------------------------------------------------------------------------
+
+
+def _refdocs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", help="fail if docs/ref is out of date")
+
+
+@command("refdocs", "regenerate docs/ref from the code", _refdocs_arguments)
+def cmd_refdocs(args: argparse.Namespace) -> int:
+    from devstack import refdocs
+
+    stale = refdocs.write(check=args.check)
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)} (run `./gtv refdocs`)", file=sys.stderr)
+        return 1
+    print("docs/ref: " + (", ".join(stale) + " written" if stale else "up to date"))
+    return 0
+
+
 # ---- entry point ------------------------------------------------------------------------------
 
 

@@ -31,9 +31,11 @@ class BlobRef(WireModel):
     """A claim-check: where an object was uploaded and what it must contain."""
 
     bucket: Literal["recordings", "clips", "lpr-images", "thumbnails"]
-    key: str = Field(pattern=OBJECT_KEY_RE.pattern, max_length=512)
-    size_bytes: int = Field(ge=1, le=8 * 1024**3)
-    sha256: str = Field(pattern=SHA256_HEX)
+    key: str = Field(
+        pattern=OBJECT_KEY_RE.pattern, max_length=512, description="Object key, granted by central."
+    )
+    size_bytes: int = Field(ge=1, le=8 * 1024**3, description="Exact object size.")
+    sha256: str = Field(pattern=SHA256_HEX, description="Hex SHA-256 of the object's bytes.")
 
     @field_validator("key")
     @classmethod
@@ -51,28 +53,31 @@ class SegmentRecorded(WireModel):
 
     type: Literal["segment"] = "segment"
     schema_version: Literal[1] = 1
-    segment_id: UUID
-    agent_id: UUID
-    camera_id: UUID
+    segment_id: UUID = Field(description="Made by the agent; the idempotency key.")
+    agent_id: UUID = Field(description="Must match the routing key's agent.")
+    camera_id: UUID = Field(description="A camera of the agent's city.")
     start_ms: EpochMs
-    duration_ms: int = Field(ge=1, le=120_000)
-    codec: Literal["h264", "h265"]
-    blob: BlobRef
+    duration_ms: int = Field(ge=1, le=120_000, description="Media duration (ffprobe).")
+    codec: Literal["h264", "h265"] = Field(description="Video codec, recorded as sent.")
+    blob: BlobRef = Field(description="The MP4 in the `recordings` bucket.")
 
 
 class PlateRead(WireModel):
-    """One plate read per vehicle passage. Idempotency key: ``read_id``."""
+    """One plate read per vehicle passage. Idempotency key: ``read_id``.
+
+    Reserved: the contract for plate recognition; agents do not emit it yet.
+    """
 
     type: Literal["plate_read"] = "plate_read"
     schema_version: Literal[1] = 1
-    read_id: UUID
-    agent_id: UUID
-    camera_id: UUID
-    plate: str = Field(pattern=PLATE_RE.pattern)
-    confidence: float = Field(ge=0, le=1)
+    read_id: UUID = Field(description="Made by the agent; the idempotency key.")
+    agent_id: UUID = Field(description="Must match the routing key's agent.")
+    camera_id: UUID = Field(description="A camera of the agent's city.")
+    plate: str = Field(pattern=PLATE_RE.pattern, description="Canonical plate, e.g. BRA2E19.")
+    confidence: float = Field(ge=0, le=1, description="Recogniser confidence.")
     seen_ms: EpochMs
-    segment_id: UUID | None = None
-    crop: BlobRef | None = None
+    segment_id: UUID | None = Field(None, description="The segment holding the best frame.")
+    crop: BlobRef | None = Field(None, description="Evidence JPEG in `lpr-images`.")
 
 
 Message = SegmentRecorded | PlateRead
