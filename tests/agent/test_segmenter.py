@@ -1,0 +1,164 @@
+"""The recorder against a real RTSP camera and ffmpeg: segments, statuses, quarantine, backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import CameraConfig
+from agent.segmenter import CameraRecorder, backoff_delays, probe
+from agent.store import Store
+from devstack.camera import rtsp_url, start_camera, wait_camera_ready
+from devstack.procs import free_port
+
+
+def camera_config(url: str, **extra: Any) -> CameraConfig:
+    return CameraConfig.model_validate(
+        {"id": uuid.uuid4(), "name": "t", "url": url, "record": {"segment_seconds": 2}, **extra}
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = Store(tmp_path / "agent.sqlite3")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def auth_camera(camera: Any, tmp_path: Path) -> Iterator[tuple[int, str, str]]:
+    """A second camera that demands Digest credentials."""
+    port, user, password = free_port(), "operador", "s3nh@-secreta"
+    proc = start_camera(camera.video, port, tmp_path / "cam.log", user=user, password=password)
+    try:
+        wait_camera_ready(rtsp_url(port, user=user, password=password), log=tmp_path / "cam.log")
+        yield port, user, password
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except Exception:
+            proc.kill()
+            proc.wait()
+
+
+async def record_for(recorder: CameraRecorder, seconds: float) -> None:
+    task = asyncio.create_task(recorder.run_once())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.timeout(90)
+async def test_records_valid_abutting_segments(camera: Any, store: Store, tmp_path: Path) -> None:
+    cam = camera_config(camera.url)
+    recorder = CameraRecorder("cam", cam, store, tmp_path / "spool")
+    await record_for(recorder, 9)
+    assert recorder.segments_registered >= 2
+    rows = await store.pending()
+    segments = [await store.segment(r.ref_id) for r in rows]
+    assert all(s is not None for s in segments)
+    assert len({s.run_id for s in segments if s}) == 1
+    for seg in segments:
+        assert seg is not None and seg.path.exists()
+        info = await probe(seg.path)
+        assert info.codec == "h264" and info.duration_ms == seg.duration_ms
+        assert len(seg.sha256) == 64 and seg.size_bytes == seg.path.stat().st_size
+    ordered = sorted((s for s in segments if s), key=lambda s: s.seq)
+    for a, b in itertools.pairwise(ordered):
+        assert abs(a.start_ms + a.duration_ms - b.start_ms) < 100, "segments of a run abut"
+
+
+@pytest.mark.timeout(60)
+async def test_wrong_path_and_dead_port_give_clear_status(
+    camera: Any, store: Store, tmp_path: Path
+) -> None:
+    wrong_path = camera.url.rsplit("/", 1)[0] + "/nao-existe"
+    recorder = CameraRecorder("cam", camera_config(wrong_path), store, tmp_path)
+    assert await recorder.run_once() == 0
+    assert recorder.status == "error"
+    assert "not found" in recorder.reason
+
+    dead = CameraRecorder(
+        "cam", camera_config(f"rtsp://127.0.0.1:{free_port()}/x"), store, tmp_path
+    )
+    assert await dead.run_once() == 0
+    assert (dead.status, dead.reason) == ("error", "camera unreachable")
+    assert await store.pending() == []
+
+
+@pytest.mark.timeout(60)
+async def test_wrong_credentials_reported_without_leaking_them(
+    auth_camera: tuple[int, str, str],
+    store: Store,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port, user, _ = auth_camera
+    caplog.set_level(logging.DEBUG)
+    cam = camera_config(rtsp_url(port), username=user, password="senha-errada-123")
+    recorder = CameraRecorder("cam", cam, store, tmp_path)
+    assert await recorder.run_once() == 0
+    assert (recorder.status, recorder.reason) == ("error", "authentication failed")
+    assert "senha-errada-123" not in caplog.text + recorder.reason
+
+
+@pytest.mark.timeout(60)
+async def test_right_credentials_record(
+    auth_camera: tuple[int, str, str], store: Store, tmp_path: Path
+) -> None:
+    port, user, password = auth_camera
+    cam = camera_config(rtsp_url(port), username=user, password=password)
+    recorder = CameraRecorder("cam", cam, store, tmp_path)
+    await record_for(recorder, 6)
+    assert recorder.segments_registered >= 1
+    assert recorder.status == "online"
+
+
+@pytest.mark.timeout(60)
+async def test_corrupt_segment_is_quarantined_not_registered(store: Store, tmp_path: Path) -> None:
+    recorder = CameraRecorder("cam", camera_config("rtsp://127.0.0.1/x"), store, tmp_path)
+    bad = tmp_path / "cam" / "run" / "000000.mp4"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"garbage" * 100)
+    assert not await recorder._close_segment(uuid.uuid4(), bad, 0, 1_700_000_000_000)
+    assert not bad.exists()
+    assert len(list((tmp_path / "quarantine" / "cam").iterdir())) == 1
+    assert await store.pending() == []
+
+
+def test_backoff_schedule_doubles_to_a_cap() -> None:
+    assert backoff_delays() == [1, 2, 4, 8, 16, 32, 60]
+
+
+@pytest.mark.timeout(60)
+async def test_unreachable_camera_is_not_a_busy_loop(store: Store, tmp_path: Path) -> None:
+    recorder = CameraRecorder(
+        "cam", camera_config(f"rtsp://127.0.0.1:{free_port()}/x"), store, tmp_path
+    )
+    attempts = 0
+    original = recorder.run_once
+
+    async def counting() -> int:
+        nonlocal attempts
+        attempts += 1
+        return await original()
+
+    recorder.run_once = counting  # type: ignore[method-assign]
+    task = asyncio.create_task(recorder.run())
+    await asyncio.sleep(4)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # Backoff 1 s, 2 s, ... (with ±20 % jitter): at most 3 attempts fit in 4 s.
+    assert 1 <= attempts <= 3, attempts
