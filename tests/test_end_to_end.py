@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,22 +19,59 @@ from minio import Minio
 
 from agent.config import AgentConfig
 from agent.service import run_agent
-from agent.store import Store
 from central.bootstrap import bootstrap
 from tests.central_fixtures import CentralProcess
 
 ADMIN = ("admin@example.com", "correct horse battery staple")
 
 
-@pytest.mark.timeout(180)
-async def test_camera_video_reaches_central(
+@dataclass
+class RunningAgent:
+    config: AgentConfig
+    ids: dict[str, Any]
+    headers: dict[str, str]
+    task: asyncio.Task[None]
+
+    async def central_segments(self, central: CentralProcess) -> list[dict[str, Any]]:
+        resp = await central.http.get(
+            f"/api/cameras/{self.ids['camera_id']}/segments",
+            params={"limit": 1000},
+            headers=self.headers,
+        )
+        assert resp.status_code == 200, resp.text
+        segments: list[dict[str, Any]] = resp.json()
+        return segments
+
+    def local_segments(self) -> set[str]:
+        """Segment ids the agent registered (read-only peek at its SQLite store)."""
+        import sqlite3
+
+        conn = sqlite3.connect(self.config.data_dir / "agent.sqlite3")
+        try:
+            return {r[0] for r in conn.execute("SELECT segment_id FROM segments")}
+        finally:
+            conn.close()
+
+    def local_unsent(self) -> int:
+        import sqlite3
+
+        conn = sqlite3.connect(self.config.data_dir / "agent.sqlite3")
+        try:
+            n: int = conn.execute("SELECT count(*) FROM outbox WHERE sent_ms IS NULL").fetchone()[0]
+            return n
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+async def agent(
     central_api: CentralProcess,
     central_ingest: asyncio.Event,
-    s3_client: Minio,
     camera: Any,
     amqp_url: str,
     tmp_path: Path,
-) -> None:
+) -> AsyncIterator[RunningAgent]:
+    """Central's demo city/agent/camera, and the agent recording the test camera (2 s segments)."""
     ids = await bootstrap(
         central_api.settings.database_url.get_secret_value(),
         admin_email=ADMIN[0],
@@ -59,25 +99,37 @@ async def test_camera_video_reaches_central(
         }
     )
     stop = asyncio.Event()
-    agent = asyncio.create_task(run_agent(config, stop))
+    task = asyncio.create_task(run_agent(config, stop))
     headers = await central_api.login(*ADMIN)
-    segments: list[dict[str, Any]] = []
     try:
-        for _ in range(120):
-            resp = await central_api.http.get(
-                f"/api/cameras/{ids['camera_id']}/segments", headers=headers
-            )
-            assert resp.status_code == 200, resp.text
-            segments = resp.json()
-            if len(segments) >= 3 or agent.done():
-                break
-            await asyncio.sleep(0.5)
+        yield RunningAgent(config, ids, headers, task)
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(agent, 30)
-    assert len(segments) >= 3, f"only {len(segments)} segment(s) reached central"
+            await asyncio.wait_for(task, 30)
 
+
+async def wait_for_segments(
+    agent: RunningAgent, central: CentralProcess, n: int, timeout_s: float
+) -> list[dict[str, Any]]:
+    segments: list[dict[str, Any]] = []
+    for _ in range(int(timeout_s * 2)):
+        segments = await agent.central_segments(central)
+        if len(segments) >= n or agent.task.done():
+            break
+        await asyncio.sleep(0.5)
+    if agent.task.done():
+        agent.task.result()  # surface the agent's crash
+    return segments
+
+
+@pytest.mark.timeout(180)
+async def test_camera_video_reaches_central(
+    central_api: CentralProcess, agent: RunningAgent, s3_client: Minio
+) -> None:
+    segments = await wait_for_segments(agent, central_api, 3, timeout_s=60)
+    assert len(segments) >= 3, f"only {len(segments)} segment(s) reached central"
+    ids = agent.ids
     for seg in segments:
         data = s3_client.get_object(seg["bucket"], seg["object_key"]).read()
         assert len(data) == seg["size_bytes"]
@@ -88,18 +140,33 @@ async def test_camera_video_reaches_central(
     starts = [datetime.fromisoformat(s["start_time"]) for s in segments]
     ends = [datetime.fromisoformat(s["end_time"]) for s in segments]
     assert starts == sorted(starts)
-    for end, next_start in zip(ends, starts[1:], strict=False):
+    for end, next_start in itertools.pairwise(zip(ends, starts, strict=True)):
         # Consecutive segments of one run abut: no overlap beyond rounding, no invented gap.
-        assert abs((next_start - end).total_seconds()) < 0.2, (end, next_start)
+        gap = (next_start[1] - end[0]).total_seconds()
+        assert abs(gap) < 0.2, (end, next_start)
+    assert {s["id"] for s in segments} <= agent.local_segments()
 
-    # The agent's outbox marked them sent; nothing central holds is pending locally.
-    store = Store(config.data_dir / "agent.sqlite3")
-    await store.open()
+
+@pytest.mark.timeout(240)
+async def test_broker_outage_loses_and_duplicates_nothing(
+    central_api: CentralProcess, agent: RunningAgent, rabbitmq: Any
+) -> None:
+    assert len(await wait_for_segments(agent, central_api, 1, timeout_s=60)) >= 1
+    await asyncio.to_thread(rabbitmq.stop)
     try:
-        backlog = await store.backlog()
+        await asyncio.sleep(6)  # the agent keeps recording into its outbox meanwhile
+        assert agent.local_unsent() >= 1, "nothing was buffered while the broker was down"
     finally:
-        await store.close()
-    assert backlog["sent"] >= len(segments)
+        await asyncio.to_thread(rabbitmq.start)
+    recorded = agent.local_segments()
+    segments = await wait_for_segments(agent, central_api, len(recorded), timeout_s=120)
+    received = {s["id"] for s in segments}
+    # Redelivery is absorbed by the segment id; a re-registered file would show as a second
+    # segment with the same bytes or the same start.
+    assert len({s["sha256"] for s in segments}) == len(segments), "same bytes synced twice"
+    assert len({s["start_time"] for s in segments}) == len(segments), "same start synced twice"
+    missing = recorded - received
+    assert not missing, f"{len(missing)} of {len(recorded)} recorded segments never arrived"
 
 
 @pytest.mark.timeout(60)
