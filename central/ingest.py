@@ -2,13 +2,16 @@
 
 At-least-once delivery, exactly-once effect: every write is keyed by the message's natural key
 (``ON CONFLICT DO NOTHING``), so a redelivery is harmless. Poison messages are dead-lettered with
-a reason and never block the queue.
+a reason and never block the queue. Consumers hold no state between batches: run as many
+processes as needed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Sequence
 from uuid import UUID
 
 import aio_pika
@@ -16,91 +19,70 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from minio import Minio
 
-from central import agents, cameras, segments, storage
-from shared.messages import MessageRejected, SegmentRecorded, decode
+from central import agents, cameras, plates, segments, storage
+from shared.messages import Message, MessageRejected, PlateRead, SegmentRecorded, decode
 from shared.topology import (
     DEAD_LETTER_EXCHANGE,
+    PLATES_QUEUE,
     SEGMENTS_QUEUE,
+    ConsumerQueue,
     declare_topology,
     parse_routing_key,
 )
 
 log = logging.getLogger(__name__)
 
-PREFETCH = 50
 RETRY_DELAY_S = 1.0
 
 
 class Poison(Exception):
-    """A message that can never succeed; ``reason`` goes with it to the dead-letter queue."""
+    """A message that can never succeed; its text goes with it to the dead-letter queue."""
 
 
-class SegmentConsumer:
-    """Consumes ``central.segments``."""
+class Consumer:
+    """Common part of the consumers: the envelope checks and dead-lettering."""
 
-    def __init__(self, pool: asyncpg.Pool, s3: Minio) -> None:
+    queue: ConsumerQueue
+    prefetch: int
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.s3 = s3
         self.inserted = 0
         self.duplicates = 0
         self.dead_lettered = 0
         self._dlx: AbstractExchange | None = None
 
     async def start(self, channel: AbstractChannel) -> None:
-        """Declare the topology and start consuming on ``channel`` (publisher confirms on)."""
-        await channel.set_qos(prefetch_count=PREFETCH)
+        """Declare the topology and consume on ``channel`` (opened with publisher confirms)."""
+        await channel.set_qos(prefetch_count=self.prefetch)
         await declare_topology(channel)
         self._dlx = await channel.get_exchange(DEAD_LETTER_EXCHANGE)
-        queue = await channel.get_queue(SEGMENTS_QUEUE.name)
+        queue = await channel.get_queue(self.queue.name)
         await queue.consume(self.handle)
+        log.info("consuming %s", self.queue.name)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        try:
-            seg = await self._validate(message)
-            await asyncio.to_thread(
-                storage.verify_blob, self.s3, seg.blob.bucket, seg.blob.key,
-                seg.blob.size_bytes, seg.blob.sha256,
-            )  # fmt: skip
-            async with self.pool.acquire() as conn:
-                inserted = await segments.insert_segments(conn, [seg])
-            self.inserted += inserted
-            self.duplicates += 1 - inserted
-            await message.ack()
-            log.debug("segment=%s camera=%s stored", seg.segment_id, seg.camera_id)
-        except (Poison, MessageRejected) as exc:
-            await self._dead_letter(message, getattr(exc, "reason", None) or str(exc))
-        except storage.BlobMismatch as exc:
-            # The upload may still be settling: retry; the queue's delivery limit bounds it.
-            log.warning("blob not verified (%s); will retry", exc)
-            await asyncio.sleep(RETRY_DELAY_S)
-            await message.nack(requeue=True)
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("transient failure storing a segment (%r); will retry", exc)
-            await asyncio.sleep(RETRY_DELAY_S)
-            await message.nack(requeue=True)
+        raise NotImplementedError
 
-    async def _validate(self, message: AbstractIncomingMessage) -> SegmentRecorded:
+    def envelope(self, message: AbstractIncomingMessage) -> tuple[Message, UUID]:
+        """Decode a body and check it against its routing key; returns it and its city.
+
+        The routing key names the publishing agent (per-agent broker permissions pin it), so a
+        body claiming another agent is forged.
+        """
         try:
             kind, city, agent = parse_routing_key(message.routing_key or "")
+            city_id = UUID(city)
         except ValueError as exc:
             raise Poison(str(exc)) from None
-        seg = decode(message.body, kind)
-        if not isinstance(seg, SegmentRecorded):
-            raise Poison(f"{kind} message on the segments queue")
-        if str(seg.agent_id) != agent:
-            raise Poison(f"agent {seg.agent_id} published under agent {agent}'s routing key")
-        async with self.pool.acquire() as conn:
-            agent_city = await agents.agent_city(conn, seg.agent_id)
-            if agent_city is None or str(agent_city) != city:
-                raise Poison(f"agent {seg.agent_id} is unknown, revoked or not of city {city}")
-            if await cameras.camera_city_for_agent(conn, seg.camera_id, seg.agent_id) is None:
-                raise Poison(f"camera {seg.camera_id} is not in agent {seg.agent_id}'s city")
-        expected = storage.segment_key(UUID(city), seg.camera_id, seg.segment_id)
-        if seg.blob.bucket != "recordings" or seg.blob.key != expected:
-            raise Poison(f"blob {seg.blob.bucket}/{seg.blob.key} is not {expected}")
-        return seg
+        if kind not in self.queue.message_types:
+            raise Poison(f"{kind} message on {self.queue.name}")
+        msg = decode(message.body, kind)
+        if str(msg.agent_id) != agent:
+            raise Poison(f"agent {msg.agent_id} published under agent {agent}'s routing key")
+        return msg, city_id
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Publish a copy with the reason to the DLX (confirmed), then ack the original."""
         assert self._dlx is not None
         log.error("dead-lettering message %s: %s", message.message_id, reason)
@@ -119,17 +101,174 @@ class SegmentConsumer:
         self.dead_lettered += 1
 
 
+class SegmentConsumer(Consumer):
+    """Consumes ``central.segments`` one message at a time: each needs its blob verified."""
+
+    queue = SEGMENTS_QUEUE
+    prefetch = 16
+
+    def __init__(self, pool: asyncpg.Pool, s3: Minio) -> None:
+        super().__init__(pool)
+        self.s3 = s3
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            seg = await self._validate(message)
+            await asyncio.to_thread(
+                storage.verify_blob, self.s3, seg.blob.bucket, seg.blob.key,
+                seg.blob.size_bytes, seg.blob.sha256,
+            )  # fmt: skip
+            async with self.pool.acquire() as conn:
+                inserted = await segments.insert_segments(conn, [seg])
+            self.inserted += inserted
+            self.duplicates += 1 - inserted
+            await message.ack()
+            log.debug("segment=%s camera=%s stored", seg.segment_id, seg.camera_id)
+        except (Poison, MessageRejected) as exc:
+            await self.dead_letter(message, str(exc))
+        except storage.BlobMismatch as exc:
+            # The upload may still be settling or be re-sent: retry; the queue's delivery
+            # limit dead-letters it if it never matches.
+            log.warning("blob not verified (%s); will retry", exc)
+            await asyncio.sleep(RETRY_DELAY_S)
+            await message.nack(requeue=True)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("transient failure storing a segment (%r); will retry", exc)
+            await asyncio.sleep(RETRY_DELAY_S)
+            await message.nack(requeue=True)
+
+    async def _validate(self, message: AbstractIncomingMessage) -> SegmentRecorded:
+        seg, city = self.envelope(message)
+        assert isinstance(seg, SegmentRecorded)
+        async with self.pool.acquire() as conn:
+            if await agents.agent_city(conn, seg.agent_id) != city:
+                raise Poison(f"agent {seg.agent_id} is unknown, revoked or not of city {city}")
+            if await cameras.camera_city_for_agent(conn, seg.camera_id, seg.agent_id) is None:
+                raise Poison(f"camera {seg.camera_id} is not in agent {seg.agent_id}'s city")
+        expected = storage.segment_key(city, seg.camera_id, seg.segment_id)
+        if seg.blob.bucket != "recordings" or seg.blob.key != expected:
+            raise Poison(f"blob {seg.blob.bucket}/{seg.blob.key} is not {expected}")
+        return seg
+
+
+class PlateConsumer(Consumer):
+    """Consumes ``central.plates`` in batches: one transaction per batch, then the acks."""
+
+    queue = PLATES_QUEUE
+    prefetch = 1000
+    batch_size = 500
+    linger_s = 0.02  # how long a partial batch waits for company
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self._pending: list[AbstractIncomingMessage] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self, channel: AbstractChannel) -> None:
+        self._flusher = asyncio.create_task(self._flush_loop(), name="plates-flusher")
+        await super().start(channel)
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        self._pending.append(message)
+        if len(self._pending) >= self.batch_size:
+            self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.linger_s)
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = (
+                    self._pending[: self.batch_size],
+                    self._pending[self.batch_size :],
+                )
+                await self._process(batch)
+
+    async def _process(self, batch: Sequence[AbstractIncomingMessage]) -> None:
+        valid: list[tuple[AbstractIncomingMessage, PlateRead, UUID]] = []
+        for message in batch:
+            try:
+                read, city = self.envelope(message)
+                assert isinstance(read, PlateRead)
+                valid.append((message, read, city))
+            except (Poison, MessageRejected) as exc:
+                await self.dead_letter(message, str(exc))
+        if not valid:
+            return
+        accepted: list[tuple[AbstractIncomingMessage, PlateRead]] = []
+        try:
+            async with self.pool.acquire() as conn:
+                owned = await self._owned_cameras(conn, valid)
+                rejected = []
+                for message, read, city in valid:
+                    if owned.get((read.agent_id, read.camera_id)) == city:
+                        accepted.append((message, read))
+                    else:
+                        rejected.append((message, read, city))
+                city_of = {read.camera_id: city for (_, read, city) in valid}
+                async with conn.transaction():
+                    inserted = await plates.insert_reads(conn, [r for _, r in accepted], city_of)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning(
+                "transient failure storing %d plate reads (%r); will retry", len(valid), exc
+            )
+            await asyncio.sleep(RETRY_DELAY_S)
+            for message, _, _ in valid:
+                await message.nack(requeue=True)
+            return
+        for message, read, city in rejected:
+            await self.dead_letter(
+                message,
+                f"camera {read.camera_id} is not in agent {read.agent_id}'s city {city}"
+                " (or the agent is unknown or revoked)",
+            )
+        # After the commit: a crash before these acks redelivers, and the read_id absorbs it.
+        for message, _ in accepted:
+            await message.ack()
+        self.inserted += inserted
+        self.duplicates += len(accepted) - inserted
+
+    @staticmethod
+    async def _owned_cameras(
+        conn: asyncpg.Connection, valid: Sequence[tuple[AbstractIncomingMessage, PlateRead, UUID]]
+    ) -> dict[tuple[UUID, UUID], UUID]:
+        """(agent, camera) -> city, for the pairs where the camera is in the agent's city."""
+        pairs = {(read.agent_id, read.camera_id) for _, read, _ in valid}
+        rows = await conn.fetch(
+            """
+            SELECT a.id AS agent_id, c.id AS camera_id, c.cidade_id
+            FROM unnest($1::uuid[], $2::uuid[]) AS p(agent_id, camera_id)
+            JOIN agents a ON a.id = p.agent_id AND a.is_active
+            JOIN cameras c ON c.id = p.camera_id AND c.cidade_id = a.cidade_id
+            """,
+            [a for a, _ in pairs],
+            [c for _, c in pairs],
+        )
+        return {(r["agent_id"], r["camera_id"]): r["cidade_id"] for r in rows}
+
+
 async def run_ingest(
     amqp_url: str, pool: asyncpg.Pool, s3: Minio, stop: asyncio.Event
-) -> SegmentConsumer:
-    """Consume until ``stop`` is set. Reconnects by itself (robust connection)."""
+) -> list[Consumer]:
+    """Run every consumer until ``stop`` is set. Reconnects by itself (robust connection)."""
     connection = await aio_pika.connect_robust(amqp_url, heartbeat=10, timeout=10)
+    plate_consumer = PlateConsumer(pool)
+    consumers: list[Consumer] = [SegmentConsumer(pool, s3), plate_consumer]
     try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
-        consumer = SegmentConsumer(pool, s3)
-        await consumer.start(channel)
-        log.info("ingest consuming %s", SEGMENTS_QUEUE.name)
+        for consumer in consumers:
+            # One channel per consumer: prefetch and acks stay independent.
+            channel = await connection.channel(publisher_confirms=True)
+            await consumer.start(channel)
         await stop.wait()
-        return consumer
+        return consumers
     finally:
+        await plate_consumer.stop()
         await connection.close()

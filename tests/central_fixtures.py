@@ -18,7 +18,7 @@ from minio import Minio
 from central import migrate, storage
 from central.api import create_app
 from central.db import create_pool
-from central.ingest import SegmentConsumer, run_ingest
+from central.ingest import run_ingest
 from central.settings import Settings
 
 
@@ -69,7 +69,6 @@ class CentralProcess:
     url: str
     settings: Settings
     http: httpx.AsyncClient
-    consumer: SegmentConsumer | None = None
 
     async def login(self, email: str, password: str) -> dict[str, str]:
         resp = await self.http.post("/api/auth/login", json={"email": email, "password": password})

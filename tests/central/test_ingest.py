@@ -13,10 +13,10 @@ import asyncpg
 import pytest
 from minio import Minio
 
-from central import agents, cameras, cities, storage
+from central import agents, cameras, cities, plates, storage
 from central.settings import Settings
-from shared.messages import BlobRef, SegmentRecorded, encode
-from shared.topology import SEGMENTS_QUEUE, declare_topology, routing_key
+from shared.messages import BlobRef, PlateRead, SegmentRecorded, encode
+from shared.topology import PLATES_QUEUE, SEGMENTS_QUEUE, declare_topology, routing_key
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,16 +49,21 @@ async def publish(amqp_url: str, key: str, body: bytes) -> None:
         await exchange.publish(aio_pika.Message(body, delivery_mode=2), key, timeout=10)
 
 
-async def dead_letters(amqp_url: str, expect: int, timeout_s: float = 20) -> list[dict[str, Any]]:
-    """Drain the segments DLQ until ``expect`` messages arrived; return their reasons/bodies."""
+async def dead_letters(
+    amqp_url: str,
+    expect: int,
+    timeout_s: float = 20,
+    queue: str = SEGMENTS_QUEUE.dead_letter_queue,
+) -> list[dict[str, Any]]:
+    """Drain a DLQ until ``expect`` messages arrived; return their reasons and bodies."""
     got: list[dict[str, Any]] = []
     conn = await aio_pika.connect(amqp_url)
     async with conn:
         channel = await conn.channel()
-        queue = await channel.get_queue(SEGMENTS_QUEUE.dead_letter_queue)
+        dlq = await channel.get_queue(queue)
         deadline = asyncio.get_running_loop().time() + timeout_s
         while len(got) < expect and asyncio.get_running_loop().time() < deadline:
-            msg = await queue.get(fail=False)
+            msg = await dlq.get(fail=False)
             if msg is None:
                 await asyncio.sleep(0.2)
                 continue
@@ -141,3 +146,62 @@ async def test_blob_that_does_not_match_claim_is_never_stored(
     letters = await dead_letters(amqp_url, expect=1, timeout_s=40)
     assert len(letters) == 1
     assert await segment_count(db_pool) == 0
+
+
+def plate_read(site: dict[str, Any], plate: str = "BRA2E19") -> PlateRead:
+    return PlateRead(
+        read_id=uuid.uuid4(), agent_id=site["agent"], camera_id=site["camera"], plate=plate,
+        confidence=0.937, seen_ms=1_700_000_000_000,
+    )  # fmt: skip
+
+
+async def publish_many(amqp_url: str, items: list[tuple[str, bytes]]) -> None:
+    conn = await aio_pika.connect(amqp_url)
+    async with conn:
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await declare_topology(channel)
+        await asyncio.gather(
+            *(
+                exchange.publish(aio_pika.Message(body, delivery_mode=2), key, timeout=30)
+                for key, body in items
+            )
+        )
+
+
+async def lpr_count(pool: asyncpg.Pool, camera: uuid.UUID) -> int:
+    async with pool.acquire() as conn:
+        return await plates.count_reads(conn, camera)
+
+
+async def test_plate_reads_batched_idempotent_and_scoped(
+    central_ingest: asyncio.Event, db_pool: asyncpg.Pool, amqp_url: str
+) -> None:
+    site = await make_city(db_pool, "Ribeirão Preto")
+    other = await make_city(db_pool, "Bauru")
+    reads = [plate_read(site, f"ABC{n:04d}") for n in range(1200)]
+    key = routing_key("plate_read", site["city"], site["agent"])
+    items = [(key, encode(r)) for r in reads]
+    items += items[:300]  # redeliveries of the first 300
+    # Agent of another city sending a read for this city's camera, under its own key.
+    forged = plate_read(site).model_copy(update={"agent_id": other["agent"]})
+    items.append((routing_key("plate_read", other["city"], other["agent"]), encode(forged)))
+    await publish_many(amqp_url, items)
+
+    for _ in range(200):
+        if await lpr_count(db_pool, site["camera"]) >= len(reads):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # any duplicate would land by now
+    assert await lpr_count(db_pool, site["camera"]) == len(reads)
+    async with db_pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT plate, confidence, city_id FROM lpr_events WHERE id = $1", reads[7].read_id
+        )
+    assert row is not None
+    assert (row["plate"], float(row["confidence"]), row["city_id"]) == (
+        "ABC0007",
+        0.94,
+        site["city"],
+    )
+    letters = await dead_letters(amqp_url, expect=1, queue=PLATES_QUEUE.dead_letter_queue)
+    assert len(letters) == 1 and "not in agent" in str(letters[0]["reason"])
