@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from agent.config import AgentConfig
 from agent.store import OutboxRow, Store
 from shared.messages import BlobRef, SegmentRecorded, encode
-from shared.topology import declare_topology, routing_key
+from shared.topology import find_events_exchange, routing_key
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ class Relay:
                 url, heartbeat=AMQP_HEARTBEAT_S, timeout=10
             )
             channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._exchange = await declare_topology(channel)
+            # Agents' broker users may declare nothing: central owns the topology.
+            self._exchange = await find_events_exchange(channel)
         return self._exchange
 
     async def _drop_connection(self) -> None:

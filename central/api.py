@@ -18,7 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from minio import Minio
 from pydantic import BaseModel, Field
 
-from central import agents, cameras, segments, storage, users
+from central import agents, cameras, enrolment, segments, storage, users
+from central.broker import BrokerAdmin, BrokerAdminError, split_credentials
 from central.db import create_pool
 from central.settings import Settings
 from shared.messages import SHA256_HEX
@@ -34,6 +35,18 @@ class Resources:
     s3: Minio
     s3_public: Minio
     redis: aioredis.Redis
+    broker: BrokerAdmin | None
+
+    def require_broker(self) -> BrokerAdmin:
+        if self.broker is None:
+            raise HTTPException(503, "agent enrolment needs RABBITMQ_MANAGEMENT_URL")
+        return self.broker
+
+    def agent_amqp_base(self) -> str:
+        if self.settings.agent_amqp_url:
+            return self.settings.agent_amqp_url
+        plain, _ = split_credentials(self.settings.amqp_url.get_secret_value())
+        return plain
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -52,12 +65,16 @@ def create_app(settings: Settings) -> FastAPI:
                     settings.gtvision_admin_password.get_secret_value(),
                 )
         redis = aioredis.from_url(settings.redis_url)
+        mgmt = settings.rabbitmq_management_url
+        broker = BrokerAdmin(mgmt.get_secret_value(), settings.rabbitmq_vhost) if mgmt else None
         app.state.res = Resources(
-            settings, pool, s3, storage.make_client(settings, public=True), redis
+            settings, pool, s3, storage.make_client(settings, public=True), redis, broker
         )
         try:
             yield
         finally:
+            if broker is not None:
+                await broker.aclose()
             await redis.aclose()
             await pool.close()
 
@@ -68,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="Cities, cameras, agents and their recordings.",
     )
     _routes(app)
+    _enrolment_routes(app)
     return app
 
 
@@ -124,6 +142,27 @@ class UploadGrant(BaseModel):
     key: str
     url: str
     expires_in_s: int
+
+
+class EnrolmentTokenRequest(BaseModel):
+    cidade_id: UUID
+    nome: str = Field(min_length=1, max_length=255, description="The new agent's name.")
+
+
+class EnrolmentTokenOut(BaseModel):
+    token: str = Field(description="One-time; shown only now.")
+    expires_at: datetime
+
+
+class EnrolRequest(BaseModel):
+    token: str = Field(min_length=20, max_length=200)
+
+
+class EnrolResponse(BaseModel):
+    agent_id: UUID
+    city_id: UUID
+    api_token: str
+    amqp_url: str
 
 
 class SegmentOut(BaseModel):
@@ -203,3 +242,49 @@ def _routes(app: FastAPI) -> None:
         ttl = r.settings.upload_url_ttl_s
         url = await asyncio.to_thread(storage.presign_put, r.s3_public, "recordings", key, ttl)
         return UploadGrant(bucket="recordings", key=key, url=url, expires_in_s=ttl)
+
+
+def _enrolment_routes(app: FastAPI) -> None:
+    @app.post("/api/agents/enrolment-tokens", tags=["agents"], status_code=201)
+    async def create_enrolment_token(
+        body: EnrolmentTokenRequest, r: Res, user: Annotated[UUID, Depends(current_user)]
+    ) -> EnrolmentTokenOut:
+        """A one-time token for installing a new agent in a city (expires; single use)."""
+        async with r.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT 1 FROM cidades WHERE id = $1", body.cidade_id):
+                raise HTTPException(404, "city not found")
+            token, expires = await enrolment.create_token(
+                conn, body.cidade_id, body.nome, user, r.settings.enrolment_token_ttl_s
+            )
+        return EnrolmentTokenOut(token=token, expires_at=expires)
+
+    @app.post("/api/agent/v1/enroll", tags=["agents"])
+    async def enroll(body: EnrolRequest, r: Res) -> EnrolResponse:
+        """Exchange a one-time token for the agent's credentials (API token, broker user)."""
+        broker = r.require_broker()
+        try:
+            async with r.pool.acquire() as conn:
+                done = await enrolment.enrol(conn, broker, body.token, r.agent_amqp_base())
+        except enrolment.EnrolmentError as exc:
+            raise HTTPException(403, str(exc)) from None
+        except BrokerAdminError as exc:
+            log.error("enrolment failed at the broker: %s", exc)
+            raise HTTPException(
+                503, "the message broker could not create the agent's user"
+            ) from None
+        return EnrolResponse(
+            agent_id=done.agent_id,
+            city_id=done.city_id,
+            api_token=done.api_token,
+            amqp_url=done.amqp_url,
+        )
+
+    @app.post("/api/agents/{agent_id}/revoke", tags=["agents"], status_code=204)
+    async def revoke_agent(
+        agent_id: UUID, r: Res, _user: Annotated[UUID, Depends(current_user)]
+    ) -> None:
+        """Revoke an agent: its API token stops working and its broker user is deleted."""
+        broker = r.require_broker()
+        async with r.pool.acquire() as conn:
+            if not await enrolment.revoke(conn, broker, agent_id):
+                raise HTTPException(404, "agent not found")

@@ -22,6 +22,20 @@ class Settings(BaseSettings):
         None,
         description="host:port agents and browsers use for presigned URLs, if not s3_endpoint.",
     )
+    rabbitmq_management_url: SecretStr | None = Field(
+        None,
+        description="RabbitMQ management API with an administrator's credentials, e.g. "
+        "http://admin:pass@rabbitmq:15672; needed to enrol agents (per-agent broker users).",
+    )
+    rabbitmq_vhost: str = Field("/", description="The virtual host agents and central use.")
+    agent_amqp_url: str | None = Field(
+        None,
+        description="Broker URL handed to enrolled agents, without credentials "
+        "(e.g. amqps://central.example.gov.br:5671/); default: AMQP_URL without credentials.",
+    )
+    enrolment_token_ttl_s: int = Field(
+        24 * 3600, ge=300, le=30 * 24 * 3600, description="Lifetime of a one-time token."
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0")
     gtvision_secret_key: SecretStr = Field(
         description="Signs session tokens; at least 32 characters.", min_length=32

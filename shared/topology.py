@@ -7,6 +7,7 @@ from uuid import UUID
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
+from pamqp.common import FieldTable
 
 EVENTS_EXCHANGE = "gtvision.events"  # topic: agents publish here
 DEAD_LETTER_EXCHANGE = "gtvision.dlx"  # topic: rejected/poison messages land here
@@ -29,6 +30,45 @@ class ConsumerQueue:
 SEGMENTS_QUEUE = ConsumerQueue("central.segments", ("segment",))
 PLATES_QUEUE = ConsumerQueue("central.plates", ("plate_read",))
 CONSUMER_QUEUES = (SEGMENTS_QUEUE, PLATES_QUEUE)
+
+
+# A quorum queue, so commands wait safely while the agent is offline for days.
+AGENT_QUEUE_ARGUMENTS: FieldTable = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": DELIVERY_LIMIT,
+    "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+}
+
+
+def agent_user(agent_id: UUID) -> str:
+    """The agent's own RabbitMQ user name."""
+    return f"agent-{agent_id}"
+
+
+def agent_command_queue(agent_id: UUID) -> str:
+    """The queue central sends this agent's commands to (watchlists, upload requests)."""
+    return f"gtvision.agent.{agent_id}.commands"
+
+
+@dataclass(frozen=True)
+class AgentPermissions:
+    """What one agent's broker user may do: publish its own routing keys, read its own queue,
+    declare nothing (it finds the exchange with a passive declare)."""
+
+    configure: str
+    write: str
+    read: str
+    topic_write: str
+
+
+def agent_permissions(agent_id: UUID, city_id: UUID) -> AgentPermissions:
+    """Regular expressions for RabbitMQ's permissions and topic permissions of one agent."""
+    return AgentPermissions(
+        configure="^$",
+        write=f"^{EVENTS_EXCHANGE.replace('.', '[.]')}$",
+        read=f"^{agent_command_queue(agent_id).replace('.', '[.]')}$",
+        topic_write=f"^v1[.][a-z_]+[.]{city_id}[.]{agent_id}$",
+    )
 
 
 def routing_key(message_type: str, city_id: UUID, agent_id: UUID) -> str:
@@ -78,3 +118,18 @@ async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
             await queue.bind(events, routing_key=f"v1.{message_type}.#")
             await dlq.bind(dlx, routing_key=f"v1.{message_type}.#")
     return events
+
+
+async def declare_agent_queue(channel: AbstractChannel, agent_id: UUID) -> None:
+    """Declare an agent's command queue (central does, at enrolment; agents declare nothing)."""
+    await channel.declare_queue(
+        agent_command_queue(agent_id), durable=True, arguments=AGENT_QUEUE_ARGUMENTS
+    )
+
+
+async def find_events_exchange(channel: AbstractChannel) -> AbstractExchange:
+    """The events exchange by a passive declare: what an agent's restricted user may do.
+
+    Fails (and the caller retries) until central has declared the topology.
+    """
+    return await channel.get_exchange(EVENTS_EXCHANGE, ensure=True)

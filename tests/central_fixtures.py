@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -37,10 +38,12 @@ async def migrated_db(pg_db_url: str) -> str:
 
 
 @pytest.fixture
-def central_settings(migrated_db: str, amqp_url: str, s3: Any, redis_url: str) -> Settings:
+def central_settings(migrated_db: str, rabbitmq: Any, s3: Any, redis_url: str) -> Settings:
+    mgmt = urlsplit(rabbitmq.management_url)
     return Settings(
+        rabbitmq_management_url=f"http://{rabbitmq.user}:{rabbitmq.password}@{mgmt.netloc}",
         database_url=migrated_db,
-        amqp_url=amqp_url,
+        amqp_url=rabbitmq.amqp_url,
         s3_endpoint=s3.endpoint,
         s3_access_key=s3.access_key,
         s3_secret_key=s3.secret_key,
