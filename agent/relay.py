@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+import uuid
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +18,18 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
 from agent.config import AgentConfig
 from agent.store import OutboxRow, Store
-from shared.messages import BlobRef, SegmentRecorded, encode
+from shared.messages import BlobRef, Heartbeat, SegmentRecorded, encode
 from shared.topology import find_events_exchange, routing_key
 
 log = logging.getLogger(__name__)
 
+try:
+    AGENT_VERSION = version("gtvision")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    AGENT_VERSION = "unknown"
+
 PUBLISH_TIMEOUT_S = 10.0
+HEARTBEAT_INTERVAL_S = 10.0
 UPLOAD_TIMEOUT_S = 120.0
 # Short heartbeats: a half-open link is noticed in seconds, not the default minutes.
 AMQP_HEARTBEAT_S = 5
@@ -42,6 +51,7 @@ class Relay:
         self._blob_http: httpx.AsyncClient | None = None
         self.sent = 0
         self.last_error: str | None = None
+        self._last_heartbeat = float("-inf")
 
     async def run(self) -> None:
         """Relay until cancelled."""
@@ -49,6 +59,7 @@ class Relay:
         try:
             while True:
                 try:
+                    await self.maybe_heartbeat()
                     sent = await self.run_once()
                     failures = 0
                     if not sent:
@@ -90,6 +101,31 @@ class Relay:
             self.sent += 1
         self.last_error = None
         return len(rows)
+
+    async def maybe_heartbeat(self) -> None:
+        """Publish a heartbeat (health and backlog) if the last one is old enough.
+
+        Heartbeats skip the outbox: they are state, and a stale one is worth nothing.
+        """
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_heartbeat < HEARTBEAT_INTERVAL_S:
+            return
+        backlog = await self.store.backlog()
+        hb = Heartbeat(
+            heartbeat_id=uuid.uuid4(),
+            agent_id=self.config.agent_id,
+            sent_ms=time.time_ns() // 1_000_000,
+            agent_version=AGENT_VERSION,
+            outbox_pending=backlog["pending"],
+            oldest_pending_age_ms=backlog["oldest_pending_age_ms"],
+        )
+        exchange = await self._ensure_exchange()
+        await exchange.publish(
+            aio_pika.Message(encode(hb), content_type="application/json", expiration=60),
+            routing_key=routing_key("heartbeat", self.config.city_id, self.config.agent_id),
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+        self._last_heartbeat = loop.time()
 
     async def _prepare(self, row: OutboxRow) -> tuple[bytes, str]:
         if row.kind != "segment":

@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from minio import Minio
 from pydantic import BaseModel, Field
 
-from central import agents, cameras, enrolment, segments, storage, users
+from central import agents, cameras, enrolment, presence, segments, storage, users
 from central.broker import BrokerAdmin, BrokerAdminError, split_credentials
 from central.db import create_pool
 from central.settings import Settings
@@ -165,6 +165,19 @@ class EnrolResponse(BaseModel):
     amqp_url: str
 
 
+class AgentHealth(BaseModel):
+    id: UUID
+    nome: str
+    cidade_id: UUID
+    cidade: str
+    is_active: bool
+    online: bool = Field(description="Heartbeat within the last 45 s.")
+    last_seen_at: datetime | None
+    outbox_pending: dict[str, int] = Field(description="Unsent rows per kind, last reported.")
+    oldest_pending_age_ms: int | None
+    agent_version: str | None
+
+
 class SegmentOut(BaseModel):
     id: UUID
     camera_id: UUID
@@ -278,6 +291,15 @@ def _enrolment_routes(app: FastAPI) -> None:
             api_token=done.api_token,
             amqp_url=done.amqp_url,
         )
+
+    @app.get("/api/agents", tags=["agents"])
+    async def list_agents(
+        r: Res, _user: Annotated[UUID, Depends(current_user)]
+    ) -> list[AgentHealth]:
+        """Agents with their health: online, last heartbeat, outbox backlog."""
+        async with r.pool.acquire() as conn:
+            rows = await presence.agents_health(conn, r.redis)
+        return [AgentHealth(**row) for row in rows]
 
     @app.post("/api/agents/{agent_id}/revoke", tags=["agents"], status_code=204)
     async def revoke_agent(

@@ -44,6 +44,8 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
     from central import storage
     from central.db import create_pool
     from central.ingest import run_ingest
@@ -58,9 +60,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         pool = await create_pool(settings.database_url.get_secret_value(), settings.db_pool_max)
         s3 = storage.make_client(settings)
         await asyncio.to_thread(storage.ensure_buckets, s3)
+        redis = aioredis.from_url(settings.redis_url)
         try:
-            await run_ingest(settings.amqp_url.get_secret_value(), pool, s3, stop)
+            await run_ingest(settings.amqp_url.get_secret_value(), pool, s3, stop, redis)
         finally:
+            await redis.aclose()
             await pool.close()
 
     asyncio.run(main())

@@ -16,13 +16,22 @@ from uuid import UUID
 
 import aio_pika
 import asyncpg
+import redis.asyncio as aioredis
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from minio import Minio
 
-from central import agents, cameras, plates, segments, storage
-from shared.messages import Message, MessageRejected, PlateRead, SegmentRecorded, decode
+from central import agents, cameras, plates, presence, segments, storage
+from shared.messages import (
+    Heartbeat,
+    Message,
+    MessageRejected,
+    PlateRead,
+    SegmentRecorded,
+    decode,
+)
 from shared.topology import (
     DEAD_LETTER_EXCHANGE,
+    HEARTBEATS_QUEUE,
     PLATES_QUEUE,
     SEGMENTS_QUEUE,
     ConsumerQueue,
@@ -255,13 +264,49 @@ class PlateConsumer(Consumer):
         return {(r["agent_id"], r["camera_id"]): r["cidade_id"] for r in rows}
 
 
+class HeartbeatConsumer(Consumer):
+    """Consumes ``central.heartbeats``: the newest heartbeat per agent wins."""
+
+    queue = HEARTBEATS_QUEUE
+    prefetch = 100
+
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis | None) -> None:
+        super().__init__(pool)
+        self.redis = redis
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            hb, city = self.envelope(message)
+            assert isinstance(hb, Heartbeat)
+            async with self.pool.acquire() as conn:
+                if await agents.agent_city(conn, hb.agent_id) != city:
+                    raise Poison(f"agent {hb.agent_id} is unknown, revoked or not of city {city}")
+                newest = await presence.record_heartbeat(conn, self.redis, hb)
+            self.inserted += int(newest)
+            await message.ack()
+        except (Poison, MessageRejected) as exc:
+            await self.dead_letter(message, str(exc))
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("transient failure storing a heartbeat (%r); will retry", exc)
+            await asyncio.sleep(RETRY_DELAY_S)
+            await message.nack(requeue=True)
+
+
 async def run_ingest(
-    amqp_url: str, pool: asyncpg.Pool, s3: Minio, stop: asyncio.Event
+    amqp_url: str,
+    pool: asyncpg.Pool,
+    s3: Minio,
+    stop: asyncio.Event,
+    redis: aioredis.Redis | None = None,
 ) -> list[Consumer]:
     """Run every consumer until ``stop`` is set. Reconnects by itself (robust connection)."""
     connection = await aio_pika.connect_robust(amqp_url, heartbeat=10, timeout=10)
     plate_consumer = PlateConsumer(pool)
-    consumers: list[Consumer] = [SegmentConsumer(pool, s3), plate_consumer]
+    consumers: list[Consumer] = [
+        SegmentConsumer(pool, s3),
+        plate_consumer,
+        HeartbeatConsumer(pool, redis),
+    ]
     try:
         for consumer in consumers:
             # One channel per consumer: prefetch and acks stay independent.

@@ -80,11 +80,32 @@ class PlateRead(WireModel):
     crop: BlobRef | None = Field(None, description="Evidence JPEG in `lpr-images`.")
 
 
-Message = SegmentRecorded | PlateRead
+class Heartbeat(WireModel):
+    """The agent's periodic health report, sent while connected (not through the outbox).
 
-MESSAGE_TYPES: dict[str, type[SegmentRecorded] | type[PlateRead]] = {
+    State, not events: central keeps the newest by ``sent_ms``; ``heartbeat_id`` identifies it.
+    """
+
+    type: Literal["heartbeat"] = "heartbeat"
+    schema_version: Literal[1] = 1
+    heartbeat_id: UUID = Field(description="Unique per heartbeat.")
+    agent_id: UUID = Field(description="Must match the routing key's agent.")
+    sent_ms: EpochMs
+    agent_version: str = Field(max_length=40, description="Agent software version.")
+    outbox_pending: dict[
+        Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")], Annotated[int, Field(ge=0)]
+    ] = Field(default_factory=dict, max_length=32, description="Unsent outbox rows per kind.")
+    oldest_pending_age_ms: int | None = Field(
+        None, ge=0, description="Age of the oldest unsent outbox row."
+    )
+
+
+Message = SegmentRecorded | PlateRead | Heartbeat
+
+MESSAGE_TYPES: dict[str, type[SegmentRecorded] | type[PlateRead] | type[Heartbeat]] = {
     "segment": SegmentRecorded,
     "plate_read": PlateRead,
+    "heartbeat": Heartbeat,
 }
 
 

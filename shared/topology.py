@@ -21,6 +21,8 @@ class ConsumerQueue:
 
     name: str
     message_types: tuple[str, ...]
+    # For state that a newer message replaces (heartbeats): drop what waited longer than this.
+    message_ttl_ms: int | None = None
 
     @property
     def dead_letter_queue(self) -> str:
@@ -29,7 +31,8 @@ class ConsumerQueue:
 
 SEGMENTS_QUEUE = ConsumerQueue("central.segments", ("segment",))
 PLATES_QUEUE = ConsumerQueue("central.plates", ("plate_read",))
-CONSUMER_QUEUES = (SEGMENTS_QUEUE, PLATES_QUEUE)
+HEARTBEATS_QUEUE = ConsumerQueue("central.heartbeats", ("heartbeat",), message_ttl_ms=120_000)
+CONSUMER_QUEUES = (SEGMENTS_QUEUE, PLATES_QUEUE, HEARTBEATS_QUEUE)
 
 
 # A quorum queue, so commands wait safely while the agent is offline for days.
@@ -100,20 +103,19 @@ async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
         dlq = await channel.declare_queue(
             consumer.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
         )
-        queue = await channel.declare_queue(
-            consumer.name,
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                # RabbitMQ 3.10 has no default limit: without it a poison message loops forever.
-                "x-delivery-limit": DELIVERY_LIMIT,
-                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-                # Quorum queues lose no dead letters with at-least-once dead-lettering,
-                # which requires reject-publish overflow.
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
-            },
-        )
+        arguments: FieldTable = {
+            "x-queue-type": "quorum",
+            # RabbitMQ 3.10 has no default limit: without it a poison message loops forever.
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            # Quorum queues lose no dead letters with at-least-once dead-lettering,
+            # which requires reject-publish overflow.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+        if consumer.message_ttl_ms is not None:
+            arguments["x-message-ttl"] = consumer.message_ttl_ms
+        queue = await channel.declare_queue(consumer.name, durable=True, arguments=arguments)
         for message_type in consumer.message_types:
             await queue.bind(events, routing_key=f"v1.{message_type}.#")
             await dlq.bind(dlx, routing_key=f"v1.{message_type}.#")

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import uvicorn
 from minio import Minio
 
@@ -108,8 +109,9 @@ async def central_ingest(
 ) -> AsyncIterator[asyncio.Event]:
     """The segment consumer running in this event loop until the test ends."""
     stop = asyncio.Event()
+    redis = aioredis.from_url(central_settings.redis_url)
     task = asyncio.create_task(
-        run_ingest(central_settings.amqp_url.get_secret_value(), db_pool, s3_client, stop)
+        run_ingest(central_settings.amqp_url.get_secret_value(), db_pool, s3_client, stop, redis)
     )
     await asyncio.sleep(0.5)
     if task.done():
@@ -118,3 +120,4 @@ async def central_ingest(
     stop.set()
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(task, 30)
+    await redis.aclose()

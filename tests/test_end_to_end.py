@@ -146,6 +146,15 @@ async def test_camera_video_reaches_central(
         assert abs(gap) < 0.2, (end, next_start)
     assert {s["id"] for s in segments} <= agent.local_segments()
 
+    # The agent's heartbeats made it show as online, with its backlog.
+    for _ in range(40):
+        resp = await central_api.http.get("/api/agents", headers=agent.headers)
+        health = {a["id"]: a for a in resp.json()}[ids["agent_id"]]
+        if health["online"]:
+            break
+        await asyncio.sleep(0.5)
+    assert health["online"] and health["agent_version"], health
+
 
 @pytest.mark.timeout(240)
 async def test_broker_outage_loses_and_duplicates_nothing(

@@ -1,0 +1,90 @@
+"""Agent presence and health: PostgreSQL holds the truth, Redis a hot copy with a TTL.
+
+Redis may restart empty at any time: every reader falls back to PostgreSQL, so presence is
+only ever slower to read, never wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared.messages import Heartbeat
+
+log = logging.getLogger(__name__)
+
+# An agent that has not reported for this long is offline (it heartbeats every 10 s).
+ONLINE_WINDOW_S = 45
+
+
+def _key(agent_id: UUID) -> str:
+    return f"gtvision:agent:{agent_id}:heartbeat"
+
+
+async def record_heartbeat(
+    conn: asyncpg.Connection, redis: aioredis.Redis | None, hb: Heartbeat
+) -> bool:
+    """Keep the newest heartbeat (by ``sent_ms``); stale or duplicate ones change nothing.
+
+    Returns whether this heartbeat was the newest. Redis failures are logged, not raised.
+    """
+    sent = datetime.fromtimestamp(hb.sent_ms / 1000, tz=UTC)
+    body = hb.model_dump(mode="json")
+    newest = await conn.fetchval(
+        "UPDATE agents SET last_seen_at = $2, last_heartbeat = $3"
+        " WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < $2) RETURNING TRUE",
+        hb.agent_id, sent, body,
+    )  # fmt: skip
+    if newest and redis is not None:
+        try:
+            await redis.set(_key(hb.agent_id), json.dumps(body), ex=ONLINE_WINDOW_S)
+        except (RedisError, OSError) as exc:
+            log.warning("redis unavailable for presence (%r); PostgreSQL still has it", exc)
+    return bool(newest)
+
+
+async def agents_health(
+    conn: asyncpg.Connection, redis: aioredis.Redis | None, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Every agent with its city, last heartbeat and whether it is online."""
+    now = now or datetime.now(UTC)
+    rows = await conn.fetch(
+        "SELECT a.id, a.nome, a.cidade_id, c.nome AS cidade, a.is_active, a.last_seen_at,"
+        " a.last_heartbeat FROM agents a JOIN cidades c ON c.id = a.cidade_id ORDER BY a.nome"
+    )
+    hot: list[Any] = [None] * len(rows)
+    if redis is not None and rows:
+        try:
+            hot = await redis.mget([_key(r["id"]) for r in rows])
+        except (RedisError, OSError) as exc:
+            log.warning("redis unavailable for presence (%r); reading PostgreSQL", exc)
+    out = []
+    for row, cached in zip(rows, hot, strict=True):
+        heartbeat = json.loads(cached) if cached else row["last_heartbeat"]
+        seen = row["last_seen_at"]
+        online = row["is_active"] and (
+            cached is not None
+            or (seen is not None and now - seen < timedelta(seconds=ONLINE_WINDOW_S))
+        )
+        out.append(
+            {
+                "id": row["id"],
+                "nome": row["nome"],
+                "cidade_id": row["cidade_id"],
+                "cidade": row["cidade"],
+                "is_active": row["is_active"],
+                "online": online,
+                "last_seen_at": seen,
+                "outbox_pending": (heartbeat or {}).get("outbox_pending", {}),
+                "oldest_pending_age_ms": (heartbeat or {}).get("oldest_pending_age_ms"),
+                "agent_version": (heartbeat or {}).get("agent_version"),
+            }
+        )
+    return out
