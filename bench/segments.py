@@ -163,10 +163,9 @@ def _wait_reaped_sync(keep: set[int], timeout_s: float = 15.0) -> None:
 async def _wait_reaped(keep: set[int], timeout_s: float = 15.0) -> None:
     # asyncio reaps its children on watcher threads; a cancelled probe's ffprobe still runs
     # to its end. Only reaped children are in RUSAGE_CHILDREN, so wait for all of them.
-    deadline = time.monotonic() + timeout_s
     left = child_pids() - keep
     for _ in range(int(timeout_s / 0.05)):
-        if not (left := child_pids() - keep) or time.monotonic() > deadline:
+        if not (left := child_pids() - keep):
             break
         await asyncio.sleep(0.05)
     if left:
