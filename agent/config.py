@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 from uuid import UUID
 
@@ -123,14 +123,43 @@ def _describe(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(text: str, source: str = "<config>") -> AgentConfig:
-    """Validate YAML text into an AgentConfig; raises ConfigError naming every bad key."""
+CREDENTIALS_FILE = "credentials.yaml"
+
+
+def _read_mapping(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    return data
+
+
+def _merge(config: dict[str, Any], creds: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Overlay the credentials file; a key set in both files is an error, not a silent win."""
+    out = dict(config)
+    for key, value in creds.items():
+        where = f"{path}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, f"{where} -> ")
+        elif key in out:
+            raise ConfigError(f"{where} is set in both the config and {CREDENTIALS_FILE}")
+        else:
+            out[key] = value
+    return out
+
+
+def parse_config(
+    text: str, source: str = "<config>", credentials: str | None = None
+) -> AgentConfig:
+    """Validate YAML text (plus the credentials file's, if any) into an AgentConfig.
+
+    Raises ConfigError naming every bad key path.
+    """
+    data = _read_mapping(text, source)
+    if credentials is not None:
+        data = _merge(data, _read_mapping(credentials, CREDENTIALS_FILE))
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
@@ -138,9 +167,11 @@ def parse_config(text: str, source: str = "<config>") -> AgentConfig:
 
 
 def load_config(path: Path) -> AgentConfig:
-    """Read and validate a config file."""
+    """Read and validate a config file and, beside it, the credentials ``enroll`` wrote."""
+    creds_path = path.parent / CREDENTIALS_FILE
     try:
         text = path.read_text()
+        creds = creds_path.read_text() if creds_path.exists() else None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_config(text, str(path))
+        raise ConfigError(f"{exc.filename}: cannot read: {exc.strerror}") from None
+    return parse_config(text, str(path), creds)
