@@ -29,7 +29,7 @@ async def bootstrap(
     try:
         async with pool.acquire() as conn, conn.transaction():
             out: dict[str, Any] = {
-                "admin_id": str(await users.ensure_user(conn, admin_email, admin_password))
+                "admin_id": str(await users.ensure_admin(conn, admin_email, admin_password))
             }
             if camera_url:
                 out |= await _demo(conn, camera_url, agent_token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -39,3 +40,31 @@ async def camera_city_for_agent(
         camera_id, agent_id,
     )  # fmt: skip
     return city
+
+
+CAMERA_COLUMNS = "id, cidade_id, nome, url_rtsp, localizacao, status, agent_id, created_at"
+
+
+async def list_cameras(
+    conn: asyncpg.Connection, scope: list[UUID] | None, cidade_id: UUID | None = None
+) -> list[dict[str, Any]]:
+    """Cameras in ``scope`` (None: all cities), optionally of one city, by name."""
+    rows = await conn.fetch(
+        f"SELECT {CAMERA_COLUMNS} FROM cameras"  # noqa: S608 - a constant column list
+        " WHERE ($1::uuid[] IS NULL OR cidade_id = ANY($1))"
+        " AND ($2::uuid IS NULL OR cidade_id = $2) ORDER BY nome",
+        scope, cidade_id,
+    )  # fmt: skip
+    return [dict(r) for r in rows]
+
+
+async def get_camera(
+    conn: asyncpg.Connection, camera_id: UUID, scope: list[UUID] | None
+) -> dict[str, Any] | None:
+    """The camera if it exists and its city is in scope, else None (answer 404 either way)."""
+    row = await conn.fetchrow(
+        f"SELECT {CAMERA_COLUMNS} FROM cameras"  # noqa: S608 - a constant column list
+        " WHERE id = $1 AND ($2::uuid[] IS NULL OR cidade_id = ANY($2))",
+        camera_id, scope,
+    )  # fmt: skip
+    return None if row is None else dict(row)

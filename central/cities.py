@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -18,3 +19,25 @@ async def create_city(
         city_id, nome, estado, plano_retencao_dias,
     )  # fmt: skip
     return city_id
+
+
+async def list_cities(conn: asyncpg.Connection, scope: list[UUID] | None) -> list[dict[str, Any]]:
+    """Cities in ``scope`` (None: all), by name."""
+    rows = await conn.fetch(
+        "SELECT id, nome, estado, plano_retencao_dias, created_at FROM cidades"
+        " WHERE ($1::uuid[] IS NULL OR id = ANY($1)) ORDER BY nome",
+        scope,
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_city(
+    conn: asyncpg.Connection, city_id: UUID, scope: list[UUID] | None
+) -> dict[str, Any] | None:
+    """The city if it exists and is in scope; None otherwise (the caller answers 404 either way)."""
+    row = await conn.fetchrow(
+        "SELECT id, nome, estado, plano_retencao_dias, created_at FROM cidades"
+        " WHERE id = $1 AND ($2::uuid[] IS NULL OR id = ANY($2))",
+        city_id, scope,
+    )  # fmt: skip
+    return None if row is None else dict(row)

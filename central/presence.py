@@ -51,13 +51,18 @@ async def record_heartbeat(
 
 
 async def agents_health(
-    conn: asyncpg.Connection, redis: aioredis.Redis | None, now: datetime | None = None
+    conn: asyncpg.Connection,
+    redis: aioredis.Redis | None,
+    scope: list[UUID] | None = None,
+    now: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Every agent with its city, last heartbeat and whether it is online."""
+    """Agents of the cities in ``scope`` (None: all) with their last heartbeat and presence."""
     now = now or datetime.now(UTC)
     rows = await conn.fetch(
         "SELECT a.id, a.nome, a.cidade_id, c.nome AS cidade, a.is_active, a.last_seen_at,"
-        " a.last_heartbeat FROM agents a JOIN cidades c ON c.id = a.cidade_id ORDER BY a.nome"
+        " a.last_heartbeat FROM agents a JOIN cidades c ON c.id = a.cidade_id"
+        " WHERE ($1::uuid[] IS NULL OR a.cidade_id = ANY($1)) ORDER BY a.nome",
+        scope,
     )
     hot: list[Any] = [None] * len(rows)
     if redis is not None and rows:

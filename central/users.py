@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import time
 import uuid
+from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
@@ -24,6 +25,72 @@ async def create_user(conn: asyncpg.Connection, email: str, password: str) -> UU
         "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3)",
         user_id, email.lower(), _hasher.hash(password),
     )  # fmt: skip
+    return user_id
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A logged-in user: permissions from their roles, and the cities they may see."""
+
+    user_id: UUID
+    permissions: frozenset[str]
+    cities: frozenset[UUID] | None  # None: every city
+
+    def can(self, permission: str) -> bool:
+        return "*" in self.permissions or permission in self.permissions
+
+    def sees(self, city_id: UUID) -> bool:
+        return self.cities is None or city_id in self.cities
+
+    def city_list(self) -> list[UUID] | None:
+        """For SQL: ``cidade_id = ANY($n)`` when not None."""
+        return None if self.cities is None else list(self.cities)
+
+
+async def load_principal(conn: asyncpg.Connection, user_id: UUID) -> Principal | None:
+    """The active user's permissions and cities; None if unknown or deactivated."""
+    row = await conn.fetchrow(
+        """
+        SELECT u.is_active,
+               coalesce((SELECT jsonb_agg(p) FROM user_roles ur JOIN roles r ON r.id = ur.role_id,
+                         jsonb_array_elements_text(coalesce(r.permissions, '[]')) p
+                         WHERE ur.user_id = u.id), '[]') AS permissions,
+               coalesce((SELECT array_agg(cidade_id) FROM user_cidades uc
+                         WHERE uc.user_id = u.id), '{}') AS cities
+        FROM users u WHERE u.id = $1
+        """,
+        user_id,
+    )
+    if row is None or not row["is_active"]:
+        return None
+    permissions = frozenset(row["permissions"])
+    cities = None if "*" in permissions else frozenset(row["cities"])
+    return Principal(user_id, permissions, cities)
+
+
+async def assign_role(conn: asyncpg.Connection, user_id: UUID, role: str) -> None:
+    """Give the user a role by name. Idempotent; LookupError if the role does not exist."""
+    done = await conn.fetchval(
+        "INSERT INTO user_roles (user_id, role_id) SELECT $1, id FROM roles WHERE name = $2"
+        " ON CONFLICT DO NOTHING RETURNING TRUE",
+        user_id, role,
+    )  # fmt: skip
+    if not done and not await conn.fetchval("SELECT 1 FROM roles WHERE name = $1", role):
+        raise LookupError(f"no role named {role!r}")
+
+
+async def grant_city(conn: asyncpg.Connection, user_id: UUID, city_id: UUID) -> None:
+    """Let the user see the city's data. Idempotent."""
+    await conn.execute(
+        "INSERT INTO user_cidades (user_id, cidade_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        user_id, city_id,
+    )  # fmt: skip
+
+
+async def ensure_admin(conn: asyncpg.Connection, email: str, password: str) -> UUID:
+    """The administrator (role ``admin``: every permission, every city), created if missing."""
+    user_id = await ensure_user(conn, email, password)
+    await assign_role(conn, user_id, "admin")
     return user_id
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aio_pika
 import asyncpg
 import httpx
 import pytest
@@ -22,6 +23,7 @@ from central.api import create_app
 from central.db import create_pool
 from central.ingest import run_ingest
 from central.settings import Settings
+from shared.topology import CONSUMER_QUEUES, declare_topology
 
 
 def free_port() -> int:
@@ -107,7 +109,18 @@ async def central_api(central_settings: Settings) -> AsyncIterator[CentralProces
 async def central_ingest(
     central_settings: Settings, db_pool: asyncpg.Pool, s3_client: Minio
 ) -> AsyncIterator[asyncio.Event]:
-    """The segment consumer running in this event loop until the test ends."""
+    """Central's consumers running in this event loop until the test ends.
+
+    The broker lives for the whole session: its queues are emptied first, so messages left by
+    an earlier test (or its dead letters) cannot leak into this one.
+    """
+    conn = await aio_pika.connect(central_settings.amqp_url.get_secret_value())
+    async with conn:
+        channel = await conn.channel()
+        await declare_topology(channel)
+        for q in CONSUMER_QUEUES:
+            for name in (q.name, q.dead_letter_queue):
+                await (await channel.get_queue(name)).purge()
     stop = asyncio.Event()
     redis = aioredis.from_url(central_settings.redis_url)
     task = asyncio.create_task(

@@ -170,9 +170,8 @@ async def test_broker_outage_loses_and_duplicates_nothing(
     recorded = agent.local_segments()
     segments = await wait_for_segments(agent, central_api, len(recorded), timeout_s=120)
     received = {s["id"] for s in segments}
-    # Redelivery is absorbed by the segment id; a re-registered file would show as a second
-    # segment with the same bytes or the same start.
-    assert len({s["sha256"] for s in segments}) == len(segments), "same bytes synced twice"
+    # Redelivery is absorbed by the segment id; a file registered twice would show as a second
+    # segment with the same start. (Equal bytes are legitimate: the test scene loops.)
     assert len({s["start_time"] for s in segments}) == len(segments), "same start synced twice"
     missing = recorded - received
     assert not missing, f"{len(missing)} of {len(recorded)} recorded segments never arrived"

@@ -26,7 +26,7 @@ async def setup_city(
     central: CentralProcess, pool: asyncpg.Pool
 ) -> tuple[uuid.UUID, dict[str, str]]:
     async with pool.acquire() as conn:
-        await users.ensure_user(conn, *ADMIN)
+        await users.ensure_admin(conn, *ADMIN)
         city = await cities.create_city(conn, "Campinas", "SP", 30)
     return city, await central.login(*ADMIN)
 

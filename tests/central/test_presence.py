@@ -46,7 +46,7 @@ async def test_newest_heartbeat_wins_and_survives_redis_loss(
             assert row["online"] and row["outbox_pending"] == {"segment": 3}
 
             later = datetime.now(UTC) + timedelta(seconds=presence.ONLINE_WINDOW_S + 1)
-            [row] = await presence.agents_health(conn, redis, now=later)
+            [row] = await presence.agents_health(conn, redis, None, now=later)
             assert not row["online"]
     finally:
         await redis.aclose()

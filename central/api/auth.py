@@ -1,0 +1,78 @@
+"""Who is calling: admins by session token (with permissions and city scope), agents by their
+API token. Login is here too."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from central import agents, users
+from central.api.resources import Res
+from central.users import Principal
+
+bearer = HTTPBearer(auto_error=False)
+Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+router = APIRouter(tags=["auth"])
+
+
+async def current_principal(r: Res, creds: Creds) -> Principal:
+    """The logged-in, active user with permissions and cities, else 401."""
+    user_id = creds and users.verify_token(
+        creds.credentials, r.settings.gtvision_secret_key.get_secret_value()
+    )
+    principal = None
+    if user_id:
+        async with r.pool.acquire() as conn:
+            principal = await users.load_principal(conn, user_id)
+    if principal is None:
+        raise HTTPException(401, "login required", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+def requires(permission: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the caller, if they hold ``permission`` (403 otherwise)."""
+
+    async def check(
+        principal: Annotated[Principal, Depends(current_principal)],
+    ) -> Principal:
+        if not principal.can(permission):
+            raise HTTPException(403, f"missing permission {permission}")
+        return principal
+
+    return check
+
+
+async def current_agent(r: Res, creds: Creds) -> agents.Agent:
+    """The agent from ``Authorization: Bearer <agent token>``, else 401."""
+    agent = None
+    if creds is not None:
+        async with r.pool.acquire() as conn:
+            agent = await agents.agent_by_token(conn, creds.credentials)
+    if agent is None:
+        raise HTTPException(401, "unknown or revoked agent token")
+    return agent
+
+
+class LoginRequest(BaseModel):
+    email: str = Field(max_length=255)
+    password: str = Field(max_length=1024)
+
+
+class LoginResponse(BaseModel):
+    token: str
+    expires_in_s: int
+
+
+@router.post("/api/auth/login")
+async def login(body: LoginRequest, r: Res) -> LoginResponse:
+    """Exchange e-mail and password for a session token (``Authorization: Bearer ...``)."""
+    async with r.pool.acquire() as conn:
+        user = await users.authenticate(conn, body.email, body.password)
+    if user is None:
+        raise HTTPException(401, "wrong e-mail or password")
+    token = users.issue_token(user, r.settings.gtvision_secret_key.get_secret_value())
+    return LoginResponse(token=token, expires_in_s=users.SESSION_TTL_S)

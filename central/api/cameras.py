@@ -1,0 +1,152 @@
+"""Cities, cameras and their recorded segments, scoped to the caller's cities."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import asyncpg
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from central import cameras, cities, segments
+from central.api.auth import requires
+from central.api.resources import NOT_FOUND, Res
+from central.users import Principal
+
+router = APIRouter()
+
+
+class CityIn(BaseModel):
+    nome: str = Field(min_length=1, max_length=255)
+    estado: str = Field(pattern=r"^[A-Z]{2}$", description="UF, e.g. SP.")
+    plano_retencao_dias: int = Field(description="Retention plan: 7, 15 or 30 days.")
+
+
+class CityOut(CityIn):
+    id: UUID
+    created_at: datetime | None
+
+
+class CameraIn(BaseModel):
+    cidade_id: UUID
+    nome: str = Field(min_length=1, max_length=255)
+    url_rtsp: str = Field(
+        min_length=8, max_length=500, pattern=r"^rtsps?://", description="Without credentials."
+    )
+    localizacao: str | None = Field(None, max_length=500)
+    agent_id: UUID | None = Field(None, description="The city's agent that records it.")
+
+
+class CameraOut(CameraIn):
+    id: UUID
+    status: str | None
+    created_at: datetime | None
+
+
+class SegmentOut(BaseModel):
+    id: UUID
+    camera_id: UUID
+    start_time: datetime
+    end_time: datetime
+    duration_ms: int
+    codec: str
+    bucket: str
+    object_key: str
+    size_bytes: int
+    sha256: str
+    received_at: datetime
+
+
+@router.get("/api/cities", tags=["cities"])
+async def list_cities(
+    r: Res, who: Annotated[Principal, Depends(requires("cities:read"))]
+) -> list[CityOut]:
+    async with r.pool.acquire() as conn:
+        return [CityOut(**c) for c in await cities.list_cities(conn, who.city_list())]
+
+
+@router.post("/api/cities", tags=["cities"], status_code=201)
+async def create_city(
+    body: CityIn, r: Res, _who: Annotated[Principal, Depends(requires("cities:admin"))]
+) -> CityOut:
+    if body.plano_retencao_dias not in (7, 15, 30):
+        raise HTTPException(422, "plano_retencao_dias: must be 7, 15 or 30")
+    async with r.pool.acquire() as conn:
+        city_id = await cities.create_city(conn, body.nome, body.estado, body.plano_retencao_dias)
+        row = await cities.get_city(conn, city_id, None)
+    assert row is not None
+    return CityOut(**row)
+
+
+@router.get("/api/cities/{city_id}", tags=["cities"], responses=NOT_FOUND)
+async def get_city(
+    city_id: UUID, r: Res, who: Annotated[Principal, Depends(requires("cities:read"))]
+) -> CityOut:
+    async with r.pool.acquire() as conn:
+        row = await cities.get_city(conn, city_id, who.city_list())
+    if row is None:
+        raise HTTPException(404, "city not found")
+    return CityOut(**row)
+
+
+@router.get("/api/cameras", tags=["cameras"])
+async def list_cameras(
+    r: Res,
+    who: Annotated[Principal, Depends(requires("cameras:read"))],
+    cidade_id: UUID | None = None,
+) -> list[CameraOut]:
+    async with r.pool.acquire() as conn:
+        rows = await cameras.list_cameras(conn, who.city_list(), cidade_id)
+    return [CameraOut(**c) for c in rows]
+
+
+@router.post("/api/cameras", tags=["cameras"], status_code=201, responses=NOT_FOUND)
+async def create_camera(
+    body: CameraIn, r: Res, who: Annotated[Principal, Depends(requires("cameras:admin"))]
+) -> CameraOut:
+    async with r.pool.acquire() as conn:
+        if not who.sees(body.cidade_id) or not await cities.get_city(conn, body.cidade_id, None):
+            raise HTTPException(404, "city not found")
+        if body.agent_id is not None and not await conn.fetchval(
+            "SELECT 1 FROM agents WHERE id = $1 AND cidade_id = $2", body.agent_id, body.cidade_id
+        ):
+            raise HTTPException(422, "agent_id: not an agent of this city")
+        try:
+            camera_id = await cameras.create_camera(
+                conn, body.cidade_id, body.nome, body.url_rtsp, body.agent_id, body.localizacao
+            )
+        except asyncpg.ForeignKeyViolationError:  # the city vanished meanwhile
+            raise HTTPException(404, "city not found") from None
+        row = await cameras.get_camera(conn, camera_id, None)
+    assert row is not None
+    return CameraOut(**row)
+
+
+@router.get("/api/cameras/{camera_id}", tags=["cameras"], responses=NOT_FOUND)
+async def get_camera(
+    camera_id: UUID, r: Res, who: Annotated[Principal, Depends(requires("cameras:read"))]
+) -> CameraOut:
+    async with r.pool.acquire() as conn:
+        row = await cameras.get_camera(conn, camera_id, who.city_list())
+    if row is None:
+        raise HTTPException(404, "camera not found")
+    return CameraOut(**row)
+
+
+@router.get("/api/cameras/{camera_id}/segments", tags=["recordings"], responses=NOT_FOUND)
+async def camera_segments(
+    camera_id: UUID,
+    r: Res,
+    who: Annotated[Principal, Depends(requires("recordings:read"))],
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=segments.MAX_PAGE)] = 100,
+) -> list[SegmentOut]:
+    """Segments of a camera overlapping [start, end), oldest first."""
+    async with r.pool.acquire() as conn:
+        if await cameras.get_camera(conn, camera_id, who.city_list()) is None:
+            raise HTTPException(404, "camera not found")
+        rows = await segments.list_segments(conn, camera_id, start, end, limit)
+    return [SegmentOut(**row) for row in rows]
