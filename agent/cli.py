@@ -1,4 +1,4 @@
-"""``gtvision-agent``: run the agent, validate its config, show its backlog."""
+"""``gtvision-agent``: run the agent, validate its config, show its cameras and backlog."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ import json
 import logging
 import signal
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from agent.config import ConfigError, load_config
-from agent.service import run_agent
+from agent.reload import without_yaml_snippets
+from agent.service import read_status, run_agent, status_path
 from agent.store import Store
 
 DEFAULT_CONFIG = Path("/etc/gtvision/agent.yaml")
@@ -31,7 +37,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"invalid config: {exc}", file=sys.stderr)
+        # The journal keeps this: no quoted source lines (one may be a password's).
+        print(f"invalid config: {without_yaml_snippets(str(exc))}", file=sys.stderr)
         return 2
 
     async def main() -> None:
@@ -39,29 +46,111 @@ def _cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_agent(config, stop)
+        # The config file is watched: valid edits are applied live (see agent/reload.py).
+        await run_agent(config, stop, args.config.absolute())
 
     asyncio.run(main())
     return 0
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+def _data_dir_of(path: Path) -> Path | None:
+    """``data_dir`` from a config file that does not validate (to show status all the same).
+
+    Even a file that is not YAML any more usually still has its ``data_dir:`` line intact.
+    """
     try:
-        config = load_config(args.config)
+        text = path.read_text()
+    except OSError:
+        return None
+    candidates = [text, *(line for line in text.splitlines() if line.startswith("data_dir:"))]
+    for candidate in candidates:
+        try:
+            data = yaml.safe_load(candidate)
+        except yaml.YAMLError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("data_dir"), str):
+            return Path(data["data_dir"])
+    return None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    rc = 0
+    try:
+        data_dir = load_config(args.config).data_dir
     except ConfigError as exc:
-        print(f"invalid config: {exc}", file=sys.stderr)
-        return 2
+        # A bad edit is exactly when the running agent's state matters: show it if we can.
+        print(f"invalid config: {without_yaml_snippets(str(exc))}", file=sys.stderr)
+        found = _data_dir_of(args.config)
+        if found is None:
+            return 2
+        data_dir, rc = found, 2
 
     async def main() -> dict[str, object]:
-        store = Store(config.data_dir / "agent.sqlite3")
+        store = Store(data_dir / "agent.sqlite3")
         await store.open()
         try:
             return await store.backlog()
         finally:
             await store.close()
 
+    print_agent_status(read_status(data_dir), status_path(data_dir))
+    print("outbox backlog:")
     print(json.dumps(asyncio.run(main()), indent=2))
-    return 0
+    return rc
+
+
+def _age(iso: str | None) -> str:
+    if not iso:
+        return "never"
+    seconds = max(0, round(time.time() - datetime.fromisoformat(iso).timestamp()))
+    return f"{iso} ({seconds} s ago)"
+
+
+def print_agent_status(status: dict[str, Any] | None, path: Path) -> None:
+    """The cameras and config reload state the running agent wrote to its status file."""
+    if status is None:
+        print(f"agent: no status file at {path} (the agent has not run with this data_dir)")
+        return
+    state = status.get("state", "unknown")
+    updated = status.get("updated_at")
+    stale_after = 5 * float(status.get("status_interval_s", 2.0))
+    if state == "running" and updated:
+        age = time.time() - datetime.fromisoformat(updated).timestamp()
+        if age > stale_after:
+            state = (
+                f"not responding or killed (pid {status.get('pid')} last wrote {round(age)} s ago)"
+            )
+    pid, since = status.get("pid"), status.get("started_at")
+    print(f"agent {status.get('agent_id')}: {state} (pid {pid}, since {since})")
+    print(f"status updated: {_age(updated)}")
+    print("cameras:")
+    cameras = status.get("cameras") or []
+    if not cameras:
+        print("  (none configured)")
+    for cam in cameras:
+        print(
+            f"  {cam['key']:<16} {cam['status']:<9} {cam['segments_registered']:>6} segment(s)  "
+            f"{cam['name']} - {cam['reason']}"
+        )
+    reload = status.get("reload") or {}
+    if not reload.get("watching"):
+        print("config: not watched (changes need a restart)")
+    else:
+        print(f"config: {reload.get('config_path')} (watched)")
+        last = reload.get("last")
+        if last is None:
+            print("  no reload since start")
+        else:
+            outcome = "applied" if last["ok"] else "REJECTED"
+            print(f"  last reload: {outcome} at {last['at']}")
+        error = reload.get("error")
+        if error:
+            print("  the file on disk is NOT running (the last good config is):")
+            for line in str(error["message"]).splitlines():
+                print(f"    {line}")
+        if reload.get("restart_required"):
+            keys = ", ".join(reload["restart_required"])
+            print(f"  changed keys waiting for a restart: {keys}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn, help_text in (
         ("run", _cmd_run, "record cameras and sync to central"),
         ("check-config", _cmd_check_config, "validate a config file and exit"),
-        ("status", _cmd_status, "show the outbox backlog"),
+        ("status", _cmd_status, "show cameras, config reload state and the outbox backlog"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config file")
@@ -84,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "1 change detected": ours says more
     result: int = args.fn(args)
     return result
 

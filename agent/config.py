@@ -129,8 +129,14 @@ CREDENTIALS_FILE = "credentials.yaml"
 def _read_mapping(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        # Only the problem and its position: PyYAML's full message quotes the offending line,
+        # which may hold a password.
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     return data

@@ -25,6 +25,7 @@ class Mp4Info:
     duration_ms: int
     codec: str  # "h264" or "h265"
     samples: int
+    keyframes: int
     starts_with_keyframe: bool
 
 
@@ -137,9 +138,9 @@ def inspect(path: Path) -> Mp4Info:
     if samples == 0:
         raise Mp4Error("no video samples")
     # No stss box means every sample is a sync sample.
-    keyframe_start = True
+    keyframes, keyframe_start = samples, True
     for kind, s, _e in _boxes(data, stbl_s, stbl_e):
         if kind == b"stss":
-            count = struct.unpack_from(">I", data, s + 4)[0]
-            keyframe_start = count > 0 and struct.unpack_from(">I", data, s + 8)[0] == 1
-    return Mp4Info(round(duration * 1000 / timescale), codec, samples, keyframe_start)
+            keyframes = struct.unpack_from(">I", data, s + 4)[0]
+            keyframe_start = keyframes > 0 and struct.unpack_from(">I", data, s + 8)[0] == 1
+    return Mp4Info(round(duration * 1000 / timescale), codec, samples, keyframes, keyframe_start)

@@ -35,6 +35,10 @@ UPLOAD_TIMEOUT_S = 120.0
 AMQP_HEARTBEAT_S = 5
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class RelayError(Exception):
     """A row that could not be delivered this time; it stays pending and is retried."""
 
@@ -82,7 +86,16 @@ class Relay:
         exchange = await self._ensure_exchange()
         for row in rows:
             try:
-                body, key = await self._prepare(row)
+                try:
+                    body, key = await self._prepare(row)
+                except FileNotFoundError as exc:
+                    # docs/design/segments.md: the file vanished under us (deleted by hand, a
+                    # failed disk). Record the loss and move on; retrying would block the queue.
+                    await self.store.mark_lost(
+                        row.ref_id, f"file missing at upload: {exc.filename}", _now_ms()
+                    )
+                    log.error("segment=%s file missing at upload; recorded as lost", row.ref_id)
+                    continue
                 # on_return_raises + a timeout: unroutable or unconfirmed is a failure.
                 await exchange.publish(
                     aio_pika.Message(
@@ -114,7 +127,7 @@ class Relay:
         hb = Heartbeat(
             heartbeat_id=uuid.uuid4(),
             agent_id=self.config.agent_id,
-            sent_ms=time.time_ns() // 1_000_000,
+            sent_ms=_now_ms(),
             agent_version=AGENT_VERSION,
             outbox_pending=backlog["pending"],
             oldest_pending_age_ms=backlog["oldest_pending_age_ms"],

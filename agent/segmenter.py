@@ -1,41 +1,42 @@
 """Records one camera without transcoding: an ffmpeg ``-c copy`` segmenter, supervised.
 
-Each closed segment goes through the steps of docs/design/overview.md "Segment": validate,
-hash, fsync, then register with its outbox row in one transaction.
+Each closed segment goes through the steps of docs/design/segments.md (cited below by number):
+validate, hash, fsync, then register with its outbox row in one transaction. ffmpeg dies with
+the agent (PDEATHSIG), and what a run leaves unregistered is recovered when its ffmpeg exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
-import os
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import CameraConfig
+from agent.media import InvalidSegment, ProbeResult, die_with_parent, hash_and_sync, probe
+from agent.spool import create_run_dir, quarantine, recover_run, segment_seq
 from agent.store import Segment, Store
+
+__all__ = [
+    "BACKOFF_CAP_S",
+    "BACKOFF_START_S",
+    "CameraRecorder",
+    "InvalidSegment",
+    "ProbeResult",
+    "backoff_delays",
+    "ffmpeg_command",
+    "hash_and_sync",
+    "probe",
+]
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 1.0
 BACKOFF_CAP_S = 60.0
-
-
-class InvalidSegment(ValueError):
-    """A closed segment that is not playable media; it is quarantined, never synced."""
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    duration_ms: int
-    codec: str
 
 
 def backoff_delays(start_s: float = BACKOFF_START_S, cap_s: float = BACKOFF_CAP_S) -> list[float]:
@@ -68,47 +69,6 @@ def ffmpeg_command(camera: CameraConfig, out_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-async def probe(path: Path) -> ProbeResult:
-    """Media duration and codec by ffprobe; raises InvalidSegment for unplayable files."""
-    proc = await asyncio.create_subprocess_exec(
-        "ffprobe", "-v", "error", "-select_streams", "v:0",
-        "-show_entries", "format=duration:stream=codec_name", "-of", "json", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise InvalidSegment(f"ffprobe failed: {err.decode(errors='replace').strip()[:200]}")
-    try:
-        info = json.loads(out)
-        duration_s = float(info["format"]["duration"])
-        codec = info["streams"][0]["codec_name"]
-    except (KeyError, IndexError, ValueError) as exc:
-        raise InvalidSegment(f"no video duration/codec: {exc!r}") from None
-    codec = {"hevc": "h265"}.get(codec, codec)
-    if codec not in ("h264", "h265"):
-        raise InvalidSegment(f"unsupported codec {codec!r}")
-    if duration_s <= 0:
-        raise InvalidSegment(f"duration {duration_s} s")
-    return ProbeResult(round(duration_s * 1000), codec)
-
-
-def hash_and_sync(path: Path) -> tuple[int, str]:
-    """SHA-256 and size of a file, then fsync it and its directory. Blocks: run in a thread."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-        os.fsync(fh.fileno())
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return size, digest.hexdigest()
-
-
 class CameraRecorder:
     """Supervises one camera's ffmpeg: restart with backoff and jitter, register segments."""
 
@@ -130,6 +90,7 @@ class CameraRecorder:
         self.status = "offline"
         self.reason = "not started"
         self.segments_registered = 0
+        self.ffmpeg_pid: int | None = None  # while a run's ffmpeg is running
 
     async def run(self) -> None:
         """Record until cancelled; never a busy loop."""
@@ -149,16 +110,22 @@ class CameraRecorder:
     async def run_once(self) -> int:
         """One RTSP session (a *run*): returns the number of segments registered."""
         run_id = uuid.uuid4()
-        run_dir = self.spool / self.key / str(run_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        # docs/design/segments.md step 0: the run's camera is recorded before any file can
+        # exist in its directory, so recovery can register a file of a run with no segment yet.
+        await self.store.add_run(run_id, self.key, self.camera.id, self.clock_ms())
+        run_dir = await asyncio.to_thread(create_run_dir, self.spool, self.key, run_id)
         cmd = ffmpeg_command(self.camera, run_dir)
         log.info("camera=%s run=%s connecting to %s", self.key, run_id, self.camera.url)
+        # Step 0: ffmpeg gets SIGKILL from the kernel if the agent dies, even by `kill -9`, so
+        # no orphan keeps writing into a spool the next agent is reconciling.
         proc = await asyncio.create_subprocess_exec(
             *cmd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=die_with_parent(),
         )
+        self.ffmpeg_pid = proc.pid
         assert proc.stdout is not None and proc.stderr is not None
         stderr_task = asyncio.create_task(proc.stderr.read())
         produced = 0
@@ -166,13 +133,19 @@ class CameraRecorder:
         # placed by media time, so processing delays do not shift them.
         anchor_ms: int | None = None
         try:
+            # Step 1: ffmpeg prints a segment's name only after closing it.
             while line := await proc.stdout.readline():
                 name, start_s, end_s = line.decode().strip().rsplit(",", 2)
+                path = run_dir / name
+                seq = segment_seq(path)
+                if seq is None:
+                    log.error("camera=%s unexpected segment name %r", self.key, name)
+                    continue
                 if anchor_ms is None:
                     anchor_ms = self.clock_ms() - round(float(end_s) * 1000)
                     self.status, self.reason = "online", "recording"
                 seg_start_ms = anchor_ms + round(float(start_s) * 1000)
-                if await self._close_segment(run_id, run_dir / name, produced, seg_start_ms):
+                if await self._close_segment(run_id, path, seq, seg_start_ms):
                     produced += 1
         finally:
             if proc.returncode is None:
@@ -182,16 +155,29 @@ class CameraRecorder:
                 if proc.returncode is None:
                     proc.kill()
             await proc.wait()
+            self.ffmpeg_pid = None
             err = self._redact((await stderr_task).decode(errors="replace"))
         self.status = "offline" if produced or proc.returncode == 0 else "error"
         self.reason = _reason(err, proc.returncode) if err or proc.returncode else "stream ended"
         log.warning("camera=%s run=%s ended: %s", self.key, run_id, self.reason)
+        produced += await self._recover_run(run_id)
         return produced
 
-    def _quarantine(self, path: Path, run_id: uuid.UUID) -> None:
-        quarantine = self.spool / "quarantine" / self.key
-        quarantine.mkdir(parents=True, exist_ok=True)
-        path.replace(quarantine / f"{run_id}-{path.name}")
+    async def _recover_run(self, run_id: uuid.UUID) -> int:
+        """docs/design/segments.md R3-R4 for this run, now that its ffmpeg has exited: the file
+        it was writing when it died (or closed without listing) is registered if complete,
+        quarantined if not; an empty run directory is removed. Not on cancellation: the agent
+        is stopping and start-up recovery does the same next time."""
+        try:
+            report = await recover_run(self.store, self.spool, self.key, run_id)
+        except OSError as exc:
+            log.error("camera=%s run=%s recovery failed: %s", self.key, run_id, exc)
+            return 0
+        for seg in report.registered:
+            self.segments_registered += 1
+            if self.on_segment is not None:
+                await self.on_segment(seg)
+        return len(report.registered)
 
     def _redact(self, text: str) -> str:
         """ffmpeg echoes its input URL in errors: never let credentials reach logs or status."""
@@ -202,12 +188,14 @@ class CameraRecorder:
 
     async def _close_segment(self, run_id: uuid.UUID, path: Path, seq: int, start_ms: int) -> bool:
         try:
-            info = await probe(path)  # step 2: validate
+            info = await probe(path)  # docs/design/segments.md step 2: validate
         except InvalidSegment as exc:
-            await asyncio.to_thread(self._quarantine, path, run_id)
+            # Step 2: an unplayable file leaves the run for quarantine/ and is never synced.
+            await asyncio.to_thread(quarantine, self.spool, self.key, run_id, path)
             log.error("camera=%s segment %s quarantined: %s", self.key, path.name, exc)
             return False
-        size, sha = await asyncio.to_thread(hash_and_sync, path)  # step 3: hash, fsync
+        # docs/design/segments.md step 3: hash, then fsync the file and its directory.
+        size, sha = await asyncio.to_thread(hash_and_sync, path)
         seg = Segment(
             segment_id=uuid.uuid4(),
             camera_id=self.camera.id,
@@ -220,7 +208,10 @@ class CameraRecorder:
             sha256=sha,
             codec=info.codec,
         )
-        await self.store.add_segment(seg)  # step 4: segment + outbox row, one transaction
+        # docs/design/segments.md step 4: segment + outbox row in one transaction. False: the
+        # path was already registered (never twice, I3); nothing more to do for it.
+        if not await self.store.add_segment(seg):
+            return False
         self.segments_registered += 1
         if self.on_segment is not None:
             await self.on_segment(seg)

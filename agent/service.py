@@ -1,38 +1,330 @@
-"""The running agent: one recorder per enabled camera and the relay, under one TaskGroup."""
+"""The running agent: a small supervisor of one recorder per enabled camera and the relay.
+
+Every task runs in one TaskGroup, so an unexpected error in any of them stops the agent (and
+systemd restarts it). ``Agent.apply`` takes a new config while running: it starts added
+cameras, stops removed or disabled ones, restarts only the cameras whose settings changed and
+leaves the others alone (same task, same ffmpeg). Top-level keys (agent id, city, data
+directory, how to reach central) are not applied live: the agent keeps the values it started
+with and says which keys wait for a restart.
+
+The agent writes its state (cameras, last config reload) to ``data_dir/status.json`` every
+few seconds, so ``gtvision-agent status`` can show it without talking to the process.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from agent.config import AgentConfig
+from pydantic import BaseModel
+
+from agent.config import AgentConfig, CameraConfig, redact_url
 from agent.relay import Relay
+from agent.reload import ConfigReloader, ReloadResult
 from agent.segmenter import CameraRecorder
+from agent.spool import reconcile
 from agent.store import Store
 
 log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+STATUS_INTERVAL_S = 2.0
 
 
 def store_path(config: AgentConfig) -> str:
     return str(config.data_dir / "agent.sqlite3")
 
 
-async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
-    """Record and relay until ``stop`` is set (or forever). Closes the store on the way out."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(config.data_dir / "agent.sqlite3")
-    await store.open()
-    stop = stop or asyncio.Event()
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(Relay(config, store).run(), name="relay")]
-            for key, camera in config.cameras.items():
-                if camera.enabled:
-                    recorder = CameraRecorder(key, camera, store, config.data_dir / "segments")
-                    tasks.append(tg.create_task(recorder.run(), name=f"camera:{key}"))
-            log.info("agent %s running %d camera(s)", config.agent_id, len(tasks) - 1)
-            await stop.wait()
-            for task in tasks:
-                task.cancel()
-    finally:
-        await store.close()
+def status_path(data_dir: Path) -> Path:
+    return data_dir / STATUS_FILE
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def changed_fields(old: BaseModel, new: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted paths of the fields that differ between two models of the same type."""
+    keys: list[str] = []
+    for name in type(old).model_fields:
+        a, b = getattr(old, name), getattr(new, name)
+        if isinstance(a, BaseModel) and type(a) is type(b):
+            keys += changed_fields(a, b, f"{prefix}{name}.")
+        elif a != b:
+            keys.append(prefix + name)
+    return keys
+
+
+def restart_required_keys(running: AgentConfig, new: AgentConfig) -> list[str]:
+    """Top-level settings that differ and can only take effect when the agent restarts."""
+    return [
+        k for k in changed_fields(running, new) if k != "cameras" and not k.startswith("cameras.")
+    ]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What ``Agent.apply`` did, by camera key."""
+
+    started: tuple[str, ...] = ()
+    stopped: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    restart_required: tuple[str, ...] = ()  # top-level keys still running with old values
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON: readers see the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class Agent:
+    """Supervises the store, the relay, one recorder per enabled camera and the config watch.
+
+    Public API: ``run(stop)``, ``apply(config)``, ``status()``, ``write_status()``,
+    ``recorders`` (key -> CameraRecorder), ``recorder_tasks()``, ``restart_required``,
+    ``last_reload`` and ``last_reload_error``.
+    """
+
+    def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
+        self.config = config  # as running: live cameras, top-level keys as started
+        self.config_path = config_path
+        self.store = Store(config.data_dir / "agent.sqlite3")
+        self.spool = config.data_dir / "segments"
+        self.relay = Relay(config, self.store)
+        self.recorders: dict[str, CameraRecorder] = {}
+        self.restart_required: tuple[str, ...] = ()
+        self.reloader = (
+            ConfigReloader(config_path, self.apply, config, on_result=self._reloaded)
+            if config_path is not None
+            else None
+        )
+        self.state = "starting"  # starting, running, stopping, stopped
+        self.started_at: float | None = None
+        self._recorder_tasks: dict[str, asyncio.Task[None]] = {}
+        self._recorder_since: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # everything spawned, until it ends
+        self._tg: asyncio.TaskGroup | None = None
+        self._apply_lock = asyncio.Lock()
+        self._status_error: str | None = None
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Record and relay until ``stop`` is set (or forever). Closes the store on the way out."""
+        stop = stop or asyncio.Event()
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        watch_stop = asyncio.Event()
+        try:
+            # docs/design/segments.md "Start-up recovery": before any recorder starts, so no
+            # file is being written while the spool is reconciled.
+            await reconcile(self.store, self.spool)
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self.started_at = time.time()
+                self.state = "running"
+                self._spawn(self.relay.run(), "relay")
+                for key, camera in self.config.cameras.items():
+                    if camera.enabled:
+                        self._start_recorder(key, camera)
+                log.info(
+                    "agent %s running %d camera(s)%s",
+                    self.config.agent_id,
+                    len(self._recorder_tasks),
+                    f", watching {self.config_path}" if self.reloader else "",
+                )
+                self._spawn(self._publish_status(), "status")
+                if self.reloader is not None:
+                    self._spawn(self.reloader.watch(watch_stop), "config-watch")
+                await stop.wait()
+                self.state = "stopping"
+                watch_stop.set()
+                # Cancelling a recorder terminates its ffmpeg; the TaskGroup waits for all.
+                for task in list(self._tasks):
+                    task.cancel()
+        finally:
+            self._tg = None
+            self.state = "stopped"
+            self.recorders.clear()
+            self._recorder_tasks.clear()
+            self._recorder_since.clear()
+            self.write_status()
+            await self.store.close()
+            log.info("agent %s stopped", self.config.agent_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        if self._tg is None or self.state != "running":
+            coro.close()
+            raise RuntimeError("the agent is not running")
+        task = self._tg.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _start_recorder(self, key: str, camera: CameraConfig) -> None:
+        recorder = CameraRecorder(key, camera, self.store, self.spool)
+        self._recorder_tasks[key] = self._spawn(recorder.run(), f"camera:{key}")
+        self.recorders[key] = recorder
+        self._recorder_since[key] = time.time()
+
+    async def _stop_recorder(self, key: str) -> None:
+        """Cancel one recorder and wait until its ffmpeg has exited."""
+        task = self._recorder_tasks.pop(key)
+        self.recorders.pop(key, None)
+        self._recorder_since.pop(key, None)
+        task.cancel()
+        await asyncio.wait([task])
+
+    def recorder_tasks(self) -> Mapping[str, asyncio.Task[None]]:
+        """The running recorder tasks by camera key (a copy)."""
+        return dict(self._recorder_tasks)
+
+    # -- reconfiguring ---------------------------------------------------------------------
+
+    async def apply(self, new: AgentConfig) -> ApplyResult:
+        """Bring the running cameras in line with ``new``; disturb only those that changed."""
+        async with self._apply_lock:
+            if self._tg is None or self.state != "running":
+                raise RuntimeError("the agent is not running")
+            running = self.config.cameras
+            wanted = {k: c for k, c in new.cameras.items() if c.enabled}
+            active = list(self._recorder_tasks)
+            stopped = [k for k in active if k not in wanted]
+            restarted = [k for k in active if k in wanted and wanted[k] != running[k]]
+            unchanged = [k for k in active if k in wanted and k not in restarted]
+            started = [k for k in wanted if k not in self._recorder_tasks]
+            restart_keys = restart_required_keys(self.config, new)
+            for key in restarted:
+                fields = ", ".join(changed_fields(running[key], wanted[key]))
+                log.info("camera=%s changed (%s): restarting its recorder", key, fields)
+            self.config = self.config.model_copy(update={"cameras": dict(new.cameras)})
+            self.restart_required = tuple(restart_keys)
+            await asyncio.gather(*(self._stop_recorder(k) for k in [*stopped, *restarted]))
+            for key in [*restarted, *started]:
+                self._start_recorder(key, wanted[key])
+            result = ApplyResult(
+                tuple(started),
+                tuple(stopped),
+                tuple(restarted),
+                tuple(unchanged),
+                self.restart_required,
+            )
+            log.info(
+                "config applied: started [%s], stopped [%s], restarted [%s], unchanged [%s]",
+                *(", ".join(keys) for keys in (started, stopped, restarted, unchanged)),
+            )
+            if restart_keys:
+                log.warning(
+                    "config keys changed that need an agent restart to take effect: %s; "
+                    "still running with the old values",
+                    ", ".join(restart_keys),
+                )
+            self.write_status()
+            return result
+
+    async def _reloaded(self, result: ReloadResult) -> None:
+        self.write_status()
+
+    @property
+    def last_reload(self) -> ReloadResult | None:
+        return self.reloader.last_reload if self.reloader else None
+
+    @property
+    def last_reload_error(self) -> ReloadResult | None:
+        """The config reload rejection in force (None once a valid file was applied)."""
+        return self.reloader.last_reload_error if self.reloader else None
+
+    # -- status ----------------------------------------------------------------------------
+
+    def camera_status(self) -> list[dict[str, Any]]:
+        """key, name, status, reason and segments_registered of every configured camera."""
+        cameras = []
+        for key, camera in self.config.cameras.items():
+            recorder = self.recorders.get(key)
+            if recorder is not None:
+                status, reason = recorder.status, recorder.reason
+                registered = recorder.segments_registered
+            elif not camera.enabled:
+                status, reason, registered = "disabled", "enabled: false in the config", 0
+            else:
+                status, reason, registered = "offline", f"agent {self.state}", 0
+            cameras.append(
+                {
+                    "key": key,
+                    "name": camera.name,
+                    "enabled": camera.enabled,
+                    "status": status,
+                    "reason": reason,
+                    "segments_registered": registered,
+                    "recording_since": _iso(self._recorder_since.get(key)),
+                }
+            )
+        return cameras
+
+    def status(self) -> dict[str, Any]:
+        """Everything the status file holds (no credentials: no URLs, no secrets)."""
+        error = self.last_reload_error
+        return {
+            "agent_id": str(self.config.agent_id),
+            "pid": os.getpid(),
+            "state": self.state,
+            "started_at": _iso(self.started_at),
+            "updated_at": _iso(time.time()),
+            "status_interval_s": STATUS_INTERVAL_S,
+            "cameras": self.camera_status(),
+            "reload": {
+                "config_path": str(self.config_path) if self.config_path else None,
+                "watching": self.reloader is not None,
+                "last": self.last_reload.to_json() if self.last_reload else None,
+                "error": error.to_json() if error else None,
+                "restart_required": list(self.restart_required),
+            },
+            "relay": {
+                "sent": self.relay.sent,
+                "last_error": redact_url(self.relay.last_error) if self.relay.last_error else None,
+            },
+        }
+
+    def write_status(self) -> None:
+        """Write ``data_dir/status.json`` now (small: written inline, in order)."""
+        try:
+            write_json_atomic(status_path(self.config.data_dir), self.status())
+        except OSError as exc:
+            if str(exc) != self._status_error:  # say it once, not every few seconds
+                log.warning("cannot write %s: %s", status_path(self.config.data_dir), exc)
+            self._status_error = str(exc)
+        else:
+            self._status_error = None
+
+    async def _publish_status(self) -> None:
+        while True:
+            self.write_status()
+            await asyncio.sleep(STATUS_INTERVAL_S)
+
+
+async def run_agent(
+    config: AgentConfig, stop: asyncio.Event | None = None, config_path: Path | None = None
+) -> None:
+    """Run the agent until ``stop`` is set; with ``config_path``, reload that file on change."""
+    await Agent(config, config_path).run(stop)
+
+
+def read_status(data_dir: Path) -> dict[str, Any] | None:
+    """The status file an agent wrote in ``data_dir``, or None if there is none (yet)."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(status_path(data_dir).read_text())
+        if isinstance(data, dict):
+            return data
+    return None

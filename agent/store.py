@@ -1,8 +1,9 @@
 """The agent's local store: SQLite (WAL) through sqlite-utils, one writer thread, with migrations.
 
 Every write that must reach central commits together with its outbox row (docs/design/overview.md,
-"Outbox"). All methods of ``Store`` run on one dedicated thread, so there is exactly one writer
-and the event loop never blocks on SQLite.
+"Outbox"; segment steps, invariants and recovery: docs/design/segments.md). All methods of
+``Store`` run on one dedicated thread, so there is exactly one writer and the event loop never
+blocks on SQLite.
 """
 
 from __future__ import annotations
@@ -56,7 +57,31 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX outbox_kind_ref ON outbox (kind, ref_id);
     CREATE INDEX outbox_pending ON outbox (priority, id) WHERE sent_ms IS NULL;
     """,
+    # docs/design/segments.md: runs (step 0), recovered times, recorded losses, the spool marker.
+    """
+    ALTER TABLE segments ADD COLUMN time_source TEXT NOT NULL DEFAULT 'live'
+        CHECK (time_source IN ('live', 'recovered'));
+    ALTER TABLE segments ADD COLUMN lost_ms INTEGER;
+    ALTER TABLE segments ADD COLUMN lost_reason TEXT;
+    CREATE INDEX segments_run_seq ON segments (run_id, seq);
+    ALTER TABLE outbox ADD COLUMN dropped_ms INTEGER;
+    DROP INDEX outbox_pending;
+    CREATE INDEX outbox_pending ON outbox (priority, id)
+        WHERE sent_ms IS NULL AND dropped_ms IS NULL;
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        camera_key TEXT NOT NULL,
+        camera_id TEXT NOT NULL,
+        started_ms INTEGER NOT NULL
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
+
+TIME_SOURCES = ("live", "recovered")
 
 
 @dataclass(frozen=True)
@@ -71,6 +96,19 @@ class Segment:
     size_bytes: int
     sha256: str
     codec: str
+    # 'live': placed by the recorder from ffmpeg's stream times; 'recovered': derived at
+    # start-up recovery for a file that had no row (docs/design/segments.md "Recovery").
+    time_source: str = "live"
+
+
+@dataclass(frozen=True)
+class SegmentFile:
+    """A registered segment's file as the store expects to find it (recovery's I1 check)."""
+
+    rowid: int
+    segment_id: str
+    path: Path
+    size_bytes: int
 
 
 @dataclass(frozen=True)
@@ -141,7 +179,11 @@ class Store:
 
     def _add_segment(self, seg: Segment) -> bool:
         db = self.db
-        # docs/design/overview.md "Outbox", step 4: segment row and outbox row commit together.
+        if seg.time_source not in TIME_SOURCES:
+            raise ValueError(f"time_source {seg.time_source!r}")
+        # docs/design/segments.md step 4: segment row and outbox row commit together. The path
+        # check is in the same transaction on the single writer thread: a file gets at most one
+        # segment_id, whoever (recorder or recovery) registers it first.
         with db.atomic():
             if db.execute("SELECT 1 FROM segments WHERE path = ?", [str(seg.path)]).fetchone():
                 return False
@@ -158,6 +200,7 @@ class Store:
                     "sha256": seg.sha256,
                     "codec": seg.codec,
                     "created_ms": _now_ms(),
+                    "time_source": seg.time_source,
                 }
             )
             db.table("outbox").insert(
@@ -177,7 +220,7 @@ class Store:
         def query() -> list[OutboxRow]:
             rows = self.db.execute(
                 "SELECT id, kind, ref_id, payload, attempts FROM outbox "
-                "WHERE sent_ms IS NULL ORDER BY priority, id LIMIT ?",
+                "WHERE sent_ms IS NULL AND dropped_ms IS NULL ORDER BY priority, id LIMIT ?",
                 [limit],
             ).fetchall()
             return [OutboxRow(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
@@ -185,18 +228,155 @@ class Store:
         return await self._run(query)
 
     async def segment(self, segment_id: str) -> Segment | None:
-        def query() -> Segment | None:
+        return await self._run(lambda: self._segment_where("segment_id = ?", [segment_id]))
+
+    def _segment_where(self, where: str, params: list[Any]) -> Segment | None:
+        # ``where`` is one of this class's literals; values are always bound parameters.
+        sql = (
+            "SELECT segment_id, camera_id, run_id, seq, path, start_ms, duration_ms, "  # noqa: S608
+            "size_bytes, sha256, codec, time_source FROM segments WHERE " + where
+        )
+        row = self.db.execute(sql, params).fetchone()
+        if row is None:
+            return None
+        return Segment(
+            UUID(row[0]), UUID(row[1]), UUID(row[2]), row[3], Path(row[4]),
+            row[5], row[6], row[7], row[8], row[9], row[10],
+        )  # fmt: skip
+
+    # --- docs/design/segments.md: runs, recovery, losses -------------------------------------
+
+    async def add_run(
+        self, run_id: UUID, camera_key: str, camera_id: UUID, started_ms: int
+    ) -> None:
+        """Step 0: record which camera a run directory belongs to, before ffmpeg starts."""
+
+        def insert() -> None:
+            with self.db.atomic():
+                self.db.execute(
+                    "INSERT INTO runs (run_id, camera_key, camera_id, started_ms) "
+                    "VALUES (?, ?, ?, ?)",
+                    [str(run_id), camera_key, str(camera_id), started_ms],
+                )
+
+        await self._run(insert)
+
+    async def run_camera(self, run_id: UUID) -> UUID | None:
+        """The camera a run recorded: from its runs row, else from any segment of the run."""
+
+        def query() -> UUID | None:
             row = self.db.execute(
-                "SELECT segment_id, camera_id, run_id, seq, path, start_ms, duration_ms, "
-                "size_bytes, sha256, codec FROM segments WHERE segment_id = ?",
-                [segment_id],
+                "SELECT camera_id FROM runs WHERE run_id = ? UNION ALL "
+                "SELECT camera_id FROM segments WHERE run_id = ? LIMIT 1",
+                [str(run_id), str(run_id)],
             ).fetchone()
-            if row is None:
-                return None
-            return Segment(
-                UUID(row[0]), UUID(row[1]), UUID(row[2]), row[3], Path(row[4]),
-                row[5], row[6], row[7], row[8], row[9],
-            )  # fmt: skip
+            return None if row is None else UUID(row[0])
+
+        return await self._run(query)
+
+    async def forget_run(self, run_id: UUID) -> bool:
+        """Delete a runs row that no segment refers to (a run that left nothing behind)."""
+
+        def delete() -> bool:
+            with self.db.atomic():
+                cur = self.db.execute(
+                    "DELETE FROM runs WHERE run_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM segments WHERE run_id = ?)",
+                    [str(run_id), str(run_id)],
+                )
+                return bool(cur.rowcount)
+
+        return await self._run(delete)
+
+    async def runs(self) -> list[tuple[UUID, str]]:
+        """Every recorded run as (run_id, camera_key)."""
+
+        def query() -> list[tuple[UUID, str]]:
+            rows = self.db.execute("SELECT run_id, camera_key FROM runs ORDER BY started_ms")
+            return [(UUID(r[0]), str(r[1])) for r in rows.fetchall()]
+
+        return await self._run(query)
+
+    async def run_paths(self, run_id: UUID) -> set[str]:
+        """Paths of every segment row of a run, lost ones included (they keep their path)."""
+
+        def query() -> set[str]:
+            rows = self.db.execute("SELECT path FROM segments WHERE run_id = ?", [str(run_id)])
+            return {r[0] for r in rows.fetchall()}
+
+        return await self._run(query)
+
+    async def segment_at(self, run_id: UUID, seq: int) -> Segment | None:
+        """The segment registered for file number ``seq`` of a run, if any."""
+        return await self._run(
+            lambda: self._segment_where("run_id = ? AND seq = ?", [str(run_id), seq])
+        )
+
+    async def segment_files(self, after_rowid: int = 0, limit: int = 1000) -> list[SegmentFile]:
+        """Rows not marked lost, in rowid order from ``after_rowid``: a page of files to check."""
+
+        def query() -> list[SegmentFile]:
+            rows = self.db.execute(
+                "SELECT rowid, segment_id, path, size_bytes FROM segments "
+                "WHERE lost_ms IS NULL AND rowid > ? ORDER BY rowid LIMIT ?",
+                [after_rowid, limit],
+            ).fetchall()
+            return [SegmentFile(r[0], r[1], Path(r[2]), r[3]) for r in rows]
+
+        return await self._run(query)
+
+    async def mark_lost(self, segment_id: str, reason: str, at_ms: int) -> bool:
+        """Record that a segment's file is gone, and stop its upload. One transaction.
+
+        The row stays (its path stays reserved, so a file reappearing there is never registered
+        again as another segment); its unsent outbox row is dropped so the relay never retries
+        a file that cannot come back. Returns True if that outbox row had not been sent, i.e.
+        central never received the segment. Idempotent.
+        """
+
+        def update() -> bool:
+            with self.db.atomic():
+                self.db.execute(
+                    "UPDATE segments SET lost_ms = ?, lost_reason = ? "
+                    "WHERE segment_id = ? AND lost_ms IS NULL",
+                    [at_ms, reason[:500], segment_id],
+                )
+                cur = self.db.execute(
+                    "UPDATE outbox SET dropped_ms = ?, last_error = ? "
+                    "WHERE kind = 'segment' AND ref_id = ? "
+                    "AND sent_ms IS NULL AND dropped_ms IS NULL",
+                    [at_ms, f"segment lost: {reason}"[:500], segment_id],
+                )
+                return bool(cur.rowcount)
+
+        return await self._run(update)
+
+    async def get_meta(self, key: str) -> str | None:
+        def query() -> str | None:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(query)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        def upsert() -> None:
+            with self.db.atomic():
+                self.db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [key, value],
+                )
+
+        await self._run(upsert)
+
+    async def live_segment_count(self) -> int:
+        """Segment rows whose file the spool must still hold (not marked lost)."""
+
+        def query() -> int:
+            n: int = self.db.execute(
+                "SELECT count(*) FROM segments WHERE lost_ms IS NULL"
+            ).fetchone()[0]
+            return n
 
         return await self._run(query)
 
@@ -230,19 +410,25 @@ class Store:
         def query() -> dict[str, Any]:
             per_kind = dict(
                 self.db.execute(
-                    "SELECT kind, count(*) FROM outbox WHERE sent_ms IS NULL GROUP BY kind"
+                    "SELECT kind, count(*) FROM outbox "
+                    "WHERE sent_ms IS NULL AND dropped_ms IS NULL GROUP BY kind"
                 ).fetchall()
             )
             oldest = self.db.execute(
-                "SELECT min(created_ms) FROM outbox WHERE sent_ms IS NULL"
+                "SELECT min(created_ms) FROM outbox WHERE sent_ms IS NULL AND dropped_ms IS NULL"
             ).fetchone()[0]
             sent = self.db.execute(
                 "SELECT count(*) FROM outbox WHERE sent_ms IS NOT NULL"
+            ).fetchone()[0]
+            lost = self.db.execute(
+                "SELECT count(*) FROM segments WHERE lost_ms IS NOT NULL"
             ).fetchone()[0]
             return {
                 "pending": per_kind,
                 "oldest_pending_age_ms": None if oldest is None else _now_ms() - oldest,
                 "sent": sent,
+                # Segments whose file disappeared (docs/design/segments.md "Recovery").
+                "lost": lost,
             }
 
         return await self._run(query)
