@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from agent.config import ConfigError, load_config
+from agent.enroll import EnrolError, enroll
 from agent.reload import without_yaml_snippets
 from agent.service import read_status, run_agent, status_path
 from agent.store import Store
@@ -153,6 +154,16 @@ def print_agent_status(status: dict[str, Any] | None, path: Path) -> None:
             print(f"  changed keys waiting for a restart: {keys}")
 
 
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    try:
+        path = enroll(args.central, args.token, args.config, force=args.force)
+    except EnrolError as exc:
+        print(f"enrolment failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"enrolled: credentials written to {path} (mode 0600)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gtvision-agent", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -165,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config file")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("enroll", help="exchange a one-time token from central for credentials")
+    p.add_argument("--central", required=True, help="central's API URL, e.g. https://central/")
+    p.add_argument("--token", required=True, help="the one-time enrolment token")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config file")
+    p.add_argument("--force", action="store_true", help="replace existing credentials")
+    p.set_defaults(fn=_cmd_enroll)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

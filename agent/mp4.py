@@ -114,13 +114,16 @@ def inspect(path: Path) -> Mp4Info:
         moov = fh.read(end - start)
     data, ms, me = _video_track(moov)
 
-    hs, _ = _child(data, ms, me, b"mdhd")
+    # The movie header's duration is the presentation length (after edit lists), which is
+    # what players and ffprobe report; the media header's can differ on a stream's first
+    # segment, where an edit list skips packets that arrived without timestamps.
+    hs, _ = _child(data, 0, len(data), b"mvhd")
     if data[hs] == 1:
         timescale, duration = struct.unpack_from(">IQ", data, hs + 20)
     else:
         timescale, duration = struct.unpack_from(">II", data, hs + 12)
     if timescale == 0 or duration == 0:
-        raise Mp4Error("video track has no duration")
+        raise Mp4Error("movie has no duration")
 
     minf = _child(data, ms, me, b"minf")
     stbl_s, stbl_e = _child(data, *minf, b"stbl")

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 
@@ -72,7 +71,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
-    """Create (idempotently) an admin user; with --city, a city, an agent and a camera."""
+    """Create (idempotently) the admin; with --camera-url, a demo city and camera."""
     from central.bootstrap import bootstrap
 
     settings = _settings()
@@ -82,10 +81,10 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
             admin_email=args.admin_email,
             admin_password=args.admin_password,
             camera_url=args.camera_url,
-            agent_token=os.environ.get("GTVISION_DEMO_AGENT_TOKEN"),
+            enrolment_token=args.enrolment_token,
         )
     )
-    print(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2, default=str))
     return 0
 
 
@@ -104,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bootstrap", help="create the first admin (and a demo city/agent/camera)")
     p.add_argument("--admin-email", required=True)
     p.add_argument("--admin-password", required=True)
-    p.add_argument("--camera-url", help="also create a demo city, agent and this camera")
+    p.add_argument("--camera-url", help="also create a demo city with this camera")
+    p.add_argument(
+        "--enrolment-token", action="store_true", help="and a one-time token for its agent"
+    )
     p.set_defaults(fn=_cmd_bootstrap)
     args = parser.parse_args(argv)
     logging.basicConfig(

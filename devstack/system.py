@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -32,11 +33,7 @@ def _secrets(state_dir: Path) -> dict[str, str]:
         data: dict[str, str] = json.loads(path.read_text())
         return data
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
-        "secret_key": secrets.token_urlsafe(48),
-        "admin_password": secrets.token_urlsafe(12),
-        "agent_token": secrets.token_urlsafe(32),
-    }
+    data = {"secret_key": secrets.token_urlsafe(48), "admin_password": secrets.token_urlsafe(12)}
     path.write_text(json.dumps(data))
     path.chmod(0o600)
     return data
@@ -44,11 +41,15 @@ def _secrets(state_dir: Path) -> dict[str, str]:
 
 def central_env(stack_env: Mapping[str, str], state_dir: Path) -> dict[str, str]:
     s = _secrets(state_dir)
+    amqp = urlsplit(stack_env["AMQP_URL"])
+    mgmt = urlsplit(stack_env["AMQP_MANAGEMENT_URL"])
     return dict(
         stack_env,
         GTVISION_SECRET_KEY=s["secret_key"],
         GTVISION_ADMIN_EMAIL=ADMIN_EMAIL,
         GTVISION_ADMIN_PASSWORD=s["admin_password"],
+        # The broker's administrator creates each enrolled agent's own user.
+        RABBITMQ_MANAGEMENT_URL=f"http://{amqp.username}:{amqp.password}@{mgmt.netloc}",
     )
 
 
@@ -64,44 +65,57 @@ def _api_healthy(port: int) -> bool:
         return False
 
 
-def prepare(stack_env: Mapping[str, str], state_dir: Path) -> dict[str, str]:
-    """Migrate the database, ensure the admin and the demo city/agent/camera, write the agent's
-    config. Idempotent. Returns the ids from ``gtvision-central bootstrap``."""
+def agent_config_path(state_dir: Path) -> Path:
+    return state_dir / "agent" / "agent.yaml"
+
+
+def prepare_central(stack_env: Mapping[str, str], state_dir: Path) -> dict[str, str]:
+    """Migrate, ensure the admin and the demo city and camera, and (if the agent is not
+    enrolled yet) make an enrolment token. Idempotent. Returns the ids."""
     env = central_env(stack_env, state_dir)
-    # A stable token: re-running `up` must not lock out an agent that is already running.
-    env["GTVISION_DEMO_AGENT_TOKEN"] = _secrets(state_dir)["agent_token"]
     run_checked([_bin("gtvision-central"), "migrate"], env=env, timeout_s=120, what="migrate")
     email, password = admin_login(state_dir)
-    out = run_checked(
-        [_bin("gtvision-central"), "bootstrap", "--admin-email", email,
-         "--admin-password", password, "--camera-url", stack_env["CAMERA_RTSP_URL"]],
-        env=env, timeout_s=60, what="bootstrap",
-    )  # fmt: skip
+    argv = [_bin("gtvision-central"), "bootstrap", "--admin-email", email,
+            "--admin-password", password, "--camera-url", stack_env["CAMERA_RTSP_URL"]]  # fmt: skip
+    if not enroll_credentials(state_dir).exists():
+        argv.append("--enrolment-token")
+    out = run_checked(argv, env=env, timeout_s=60, what="bootstrap")
     ids: dict[str, str] = json.loads(out[out.index("{") :])
-    agent_dir = state_dir / "agent"
-    agent_dir.mkdir(parents=True, exist_ok=True)
+    return ids
+
+
+def enroll_credentials(state_dir: Path) -> Path:
+    return agent_config_path(state_dir).parent / "credentials.yaml"
+
+
+def enroll_agent(state_dir: Path, token: str) -> None:
+    """Enrol the demo agent as an installer would: `gtvision-agent enroll` with the token."""
+    run_checked(
+        [_bin("gtvision-agent"), "enroll", "--central", f"http://{HOST}:{API_PORT}",
+         "--token", token, "--config", str(agent_config_path(state_dir))],
+        timeout_s=60, what="gtvision-agent enroll",
+    )  # fmt: skip
+
+
+def write_agent_config(stack_env: Mapping[str, str], state_dir: Path, camera_id: str) -> None:
+    """The agent's own settings: data dir and cameras (credentials.yaml holds the rest)."""
+    path = agent_config_path(state_dir)
     config = {
-        "agent_id": ids["agent_id"],
-        "city_id": ids["city_id"],
-        "data_dir": str(agent_dir / "data"),
-        "central": {
-            "api_url": f"http://{HOST}:{API_PORT}",
-            "amqp_url": stack_env["AMQP_URL"],
-            "token": ids["agent_token"],
-        },
+        "data_dir": str(path.parent / "data"),
         "cameras": {
             "camera_1": {
-                "id": ids["camera_id"],
+                "id": camera_id,
                 "name": "Câmera de teste",
                 "url": stack_env["CAMERA_RTSP_URL"],
                 "record": {"segment_seconds": 4},
             }
         },
     }
-    config_path = agent_dir / "agent.yaml"
-    config_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
-    config_path.chmod(0o600)
-    return ids
+    text = yaml.safe_dump(config, allow_unicode=True, sort_keys=False)
+    # Rewriting identical text would still wake the agent's hot reload: write only changes.
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 def start_central_api(stack_env: Mapping[str, str], state_dir: Path, log: Path) -> RunningService:
@@ -131,7 +145,7 @@ def start_central_ingest(
 
 
 def start_agent(state_dir: Path, log: Path) -> RunningService:
-    config = state_dir / "agent" / "agent.yaml"
+    config = agent_config_path(state_dir)
     proc = start_process([_bin("gtvision-agent"), "run", "--config", str(config)], log)
     return RunningService(
         name="agent",
@@ -145,10 +159,11 @@ SYSTEM_SERVICES = ("central-api", "central-ingest", "agent")
 
 
 def up(stack: Stack, on_event: Callable[[str, str, float], None] | None = None) -> dict[str, str]:
-    """Prepare central and start the API, the ingest consumer and the agent, each unless it
-    already runs; record them in the stack so `status` and `down` cover them. Idempotent."""
+    """Prepare central, start its API and ingest, enrol the agent if needed and start it; each
+    process unless it already runs. Records them in the stack so `status` and `down` cover
+    them. Idempotent."""
     env = stack.env()
-    ids = prepare(env, stack.state_dir)
+    ids = prepare_central(env, stack.state_dir)
     logs = stack.state_dir / "logs"
     starters: dict[str, Callable[[Path], RunningService]] = {
         "central-api": lambda log: start_central_api(env, stack.state_dir, log),
@@ -156,6 +171,10 @@ def up(stack: Stack, on_event: Callable[[str, str, float], None] | None = None) 
         "agent": lambda log: start_agent(stack.state_dir, log),
     }
     for name in SYSTEM_SERVICES:
+        if name == "agent":
+            if "enrolment_token" in ids:
+                enroll_agent(stack.state_dir, ids["enrolment_token"])
+            write_agent_config(env, stack.state_dir, ids["camera_id"])
         existing = stack.service(name)
         if existing is not None and stack.is_running(existing):
             if on_event:

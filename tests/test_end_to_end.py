@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from minio import Minio
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, load_config
+from agent.enroll import enroll
 from agent.service import run_agent
 from central.bootstrap import bootstrap
 from tests.central_fixtures import CentralProcess
@@ -68,36 +70,37 @@ async def agent(
     central_api: CentralProcess,
     central_ingest: asyncio.Event,
     camera: Any,
-    amqp_url: str,
     tmp_path: Path,
 ) -> AsyncIterator[RunningAgent]:
-    """Central's demo city/agent/camera, and the agent recording the test camera (2 s segments)."""
+    """The demo city and camera in central, and an agent enrolled as an installer would
+    (one-time token -> its own broker user), recording the test camera in 2 s segments."""
     ids = await bootstrap(
         central_api.settings.database_url.get_secret_value(),
         admin_email=ADMIN[0],
         admin_password=ADMIN[1],
         camera_url=camera.url,
+        enrolment_token=True,
     )
-    config = AgentConfig.model_validate(
-        {
-            "agent_id": ids["agent_id"],
-            "city_id": ids["city_id"],
-            "data_dir": str(tmp_path / "agent"),
-            "central": {
-                "api_url": central_api.url,
-                "amqp_url": amqp_url,
-                "token": ids["agent_token"],
-            },
-            "cameras": {
-                "cam1": {
-                    "id": ids["camera_id"],
-                    "name": "test",
-                    "url": camera.url,
-                    "record": {"segment_seconds": 2},
-                }
-            },
-        }
+    config_path = tmp_path / "agent.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "agent"),
+                "cameras": {
+                    "cam1": {
+                        "id": str(ids["camera_id"]),
+                        "name": "test",
+                        "url": camera.url,
+                        "record": {"segment_seconds": 2},
+                    }
+                },
+            }
+        )
     )
+    await asyncio.to_thread(enroll, central_api.url, ids["enrolment_token"], config_path)
+    config = load_config(config_path)
+    assert config.central.amqp_url.get_secret_value().startswith("amqp://agent-")
+    ids |= {"agent_id": str(config.agent_id), "city_id": str(config.city_id)}
     stop = asyncio.Event()
     task = asyncio.create_task(run_agent(config, stop))
     headers = await central_api.login(*ADMIN)
