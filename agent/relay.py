@@ -11,6 +11,7 @@ import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import httpx
@@ -56,6 +57,10 @@ class Relay:
         self.sent = 0
         self.last_error: str | None = None
         self._last_heartbeat = float("-inf")
+        # Sent as each message's user_id: the broker checks it is the connection's user, and
+        # central checks it is this agent's user.
+        user = urlsplit(config.central.amqp_url.get_secret_value()).username
+        self._broker_user = unquote(user) if user else None
 
     async def run(self) -> None:
         """Relay until cancelled."""
@@ -103,6 +108,7 @@ class Relay:
                         content_type="application/json",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         message_id=f"{row.kind}:{row.ref_id}",
+                        user_id=self._broker_user,
                     ),
                     routing_key=key,
                     timeout=PUBLISH_TIMEOUT_S,
@@ -134,7 +140,12 @@ class Relay:
         )
         exchange = await self._ensure_exchange()
         await exchange.publish(
-            aio_pika.Message(encode(hb), content_type="application/json", expiration=60),
+            aio_pika.Message(
+                encode(hb),
+                content_type="application/json",
+                expiration=60,
+                user_id=self._broker_user,
+            ),
             routing_key=routing_key("heartbeat", self.config.city_id, self.config.agent_id),
             timeout=PUBLISH_TIMEOUT_S,
         )

@@ -35,6 +35,7 @@ from shared.topology import (
     PLATES_QUEUE,
     SEGMENTS_QUEUE,
     ConsumerQueue,
+    agent_user,
     declare_topology,
     parse_routing_key,
 )
@@ -89,6 +90,12 @@ class Consumer:
         msg = decode(message.body, kind)
         if str(msg.agent_id) != agent:
             raise Poison(f"agent {msg.agent_id} published under agent {agent}'s routing key")
+        # RabbitMQ refuses a user_id that is not the connection's user, so this names the
+        # publisher for certain: only the agent's own broker user may speak for it.
+        if message.user_id != agent_user(msg.agent_id):
+            raise Poison(
+                f"publisher {message.user_id or '(no user_id)'} is not {agent_user(msg.agent_id)}"
+            )
         return msg, city_id
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:

@@ -20,6 +20,7 @@ from minio import Minio
 
 from central import migrate, storage
 from central.api import create_app
+from central.broker import BrokerAdmin
 from central.db import create_pool
 from central.ingest import run_ingest
 from central.settings import Settings
@@ -68,6 +69,14 @@ def s3_client(central_settings: Settings) -> Minio:
     client = storage.make_client(central_settings)
     storage.ensure_buckets(client)
     return client
+
+
+@pytest.fixture
+async def broker_admin(central_settings: Settings) -> AsyncIterator[BrokerAdmin]:
+    assert central_settings.rabbitmq_management_url is not None
+    admin = BrokerAdmin(central_settings.rabbitmq_management_url.get_secret_value())
+    yield admin
+    await admin.aclose()
 
 
 @dataclass

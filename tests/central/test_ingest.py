@@ -7,6 +7,7 @@ import hashlib
 import io
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import asyncpg
@@ -14,19 +15,26 @@ import pytest
 from minio import Minio
 
 from central import agents, cameras, cities, plates, storage
-from central.settings import Settings
+from central.broker import BrokerAdmin
 from shared.messages import BlobRef, PlateRead, SegmentRecorded, encode
-from shared.topology import PLATES_QUEUE, SEGMENTS_QUEUE, declare_topology, routing_key
+from shared.topology import PLATES_QUEUE, SEGMENTS_QUEUE, find_events_exchange, routing_key
 
 pytestmark = pytest.mark.timeout(90)
 
 
-async def make_city(pool: asyncpg.Pool, name: str) -> dict[str, Any]:
+async def make_city(pool: asyncpg.Pool, broker: BrokerAdmin, name: str) -> dict[str, Any]:
+    """A city with a camera and an agent that has its own broker user (as enrolment makes)."""
     async with pool.acquire() as conn:
         city = await cities.create_city(conn, name, "SP", 15)
         agent, _token = await agents.create_agent(conn, city, f"agent-{name}")
         camera = await cameras.create_camera(conn, city, f"cam-{name}", "rtsp://x/y", agent)
-    return {"city": city, "agent": agent, "camera": camera}
+    user, password = await broker.create_agent_user(agent, city)
+    return {"city": city, "agent": agent, "camera": camera, "user": user, "password": password}
+
+
+def agent_url(amqp_url: str, site: dict[str, Any]) -> str:
+    plain = urlsplit(amqp_url)
+    return f"amqp://{site['user']}:{site['password']}@{plain.hostname}:{plain.port}/"
 
 
 def upload_segment(s3: Minio, site: dict[str, Any], data: bytes) -> SegmentRecorded:
@@ -41,12 +49,29 @@ def upload_segment(s3: Minio, site: dict[str, Any], data: bytes) -> SegmentRecor
     )  # fmt: skip
 
 
-async def publish(amqp_url: str, key: str, body: bytes) -> None:
-    conn = await aio_pika.connect(amqp_url)
+async def publish_many(
+    amqp_url: str, site: dict[str, Any] | None, items: list[tuple[str, bytes]]
+) -> None:
+    """Publish as the site's agent (its own broker user, ``user_id`` set as the relay does), or
+    as the broker's administrator when ``site`` is None."""
+    url = amqp_url if site is None else agent_url(amqp_url, site)
+    user_id = None if site is None else site["user"]
+    conn = await aio_pika.connect(url)
     async with conn:
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await declare_topology(channel)
-        await exchange.publish(aio_pika.Message(body, delivery_mode=2), key, timeout=10)
+        exchange = await find_events_exchange(channel)
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(body, delivery_mode=2, user_id=user_id), key, timeout=30
+                )
+                for key, body in items
+            )
+        )
+
+
+async def publish(amqp_url: str, site: dict[str, Any] | None, key: str, body: bytes) -> None:
+    await publish_many(amqp_url, site, [(key, body)])
 
 
 async def dead_letters(
@@ -87,13 +112,17 @@ async def wait_for_count(pool: asyncpg.Pool, n: int, timeout_s: float = 20) -> i
 
 
 async def test_redelivered_segment_is_stored_once(
-    central_ingest: asyncio.Event, db_pool: asyncpg.Pool, s3_client: Minio, amqp_url: str
+    central_ingest: asyncio.Event,
+    db_pool: asyncpg.Pool,
+    s3_client: Minio,
+    amqp_url: str,
+    broker_admin: BrokerAdmin,
 ) -> None:
-    site = await make_city(db_pool, "Campinas")
+    site = await make_city(db_pool, broker_admin, "Campinas")
     msg = upload_segment(s3_client, site, b"\x00\x00\x00\x18ftypmp42" * 100)
     key = routing_key("segment", site["city"], site["agent"])
     for _ in range(3):  # at-least-once: the same message may arrive many times
-        await publish(amqp_url, key, encode(msg))
+        await publish(amqp_url, site, key, encode(msg))
     assert await wait_for_count(db_pool, 1) == 1
     await asyncio.sleep(1.0)  # give any duplicate time to (wrongly) land
     assert await segment_count(db_pool) == 1
@@ -104,44 +133,52 @@ async def test_poison_messages_dead_lettered_with_reason(
     db_pool: asyncpg.Pool,
     s3_client: Minio,
     amqp_url: str,
-    central_settings: Settings,
+    broker_admin: BrokerAdmin,
 ) -> None:
-    city_a = await make_city(db_pool, "Santos")
-    city_b = await make_city(db_pool, "Sorocaba")
+    city_a = await make_city(db_pool, broker_admin, "Santos")
+    city_b = await make_city(db_pool, broker_admin, "Sorocaba")
     good = upload_segment(s3_client, city_a, b"good-bytes" * 50)
     key_a = routing_key("segment", city_a["city"], city_a["agent"])
     key_b = routing_key("segment", city_b["city"], city_b["agent"])
 
     # 1. not JSON; 2. agent B publishing city A's camera under its own key (cross-city write);
     # 3. the body claims agent A but the routing key (the publisher) is agent B;
-    # 4. a blob whose bytes differ from the claim (wrong hash) is not trusted... it is retried
-    #    and dead-lettered by the delivery limit, which is slower: covered by its own test.
+    # 4. a publisher that is not the agent's broker user (no validated user_id).
+    # (A blob whose bytes differ from the claim is retried, then dead-lettered by the delivery
+    # limit: slower, so it has its own test.)
     forged = good.model_copy(update={"agent_id": city_b["agent"]})
-    await publish(amqp_url, key_a, b"{not json")
-    await publish(amqp_url, key_b, encode(forged))
-    await publish(amqp_url, key_b, encode(good))
-    letters = await dead_letters(amqp_url, expect=3)
+    await publish(amqp_url, city_a, key_a, b"{not json")
+    await publish(amqp_url, city_b, key_b, encode(forged))
+    await publish(amqp_url, city_b, key_b, encode(good))
+    await publish(amqp_url, None, key_a, encode(good))
+    letters = await dead_letters(amqp_url, expect=4)
     reasons = sorted(str(m["reason"]) for m in letters)
-    assert len(letters) == 3, reasons
+    assert len(letters) == 4, reasons
     assert any("invalid segment" in r for r in reasons), reasons
     assert any("not in agent" in r for r in reasons), reasons
     assert any("routing key" in r for r in reasons), reasons
+    assert any("publisher" in r for r in reasons), reasons
     assert await segment_count(db_pool) == 0
 
     # The queue is not blocked: a good message behind the poison still lands.
-    await publish(amqp_url, key_a, encode(good))
+    await publish(amqp_url, city_a, key_a, encode(good))
     assert await wait_for_count(db_pool, 1) == 1
 
 
 async def test_blob_that_does_not_match_claim_is_never_stored(
-    central_ingest: asyncio.Event, db_pool: asyncpg.Pool, s3_client: Minio, amqp_url: str
+    central_ingest: asyncio.Event,
+    db_pool: asyncpg.Pool,
+    s3_client: Minio,
+    amqp_url: str,
+    broker_admin: BrokerAdmin,
 ) -> None:
-    site = await make_city(db_pool, "Jundiaí")
+    site = await make_city(db_pool, broker_admin, "Jundiaí")
     msg = upload_segment(s3_client, site, b"original" * 64)
     s3_client.put_object(
         "recordings", msg.blob.key, io.BytesIO(b"tampered" * 64), len(b"tampered" * 64)
     )
-    await publish(amqp_url, routing_key("segment", site["city"], site["agent"]), encode(msg))
+    key = routing_key("segment", site["city"], site["agent"])
+    await publish(amqp_url, site, key, encode(msg))
     # Retried until the delivery limit, then dead-lettered; never referenced by a row.
     letters = await dead_letters(amqp_url, expect=1, timeout_s=40)
     assert len(letters) == 1
@@ -155,37 +192,28 @@ def plate_read(site: dict[str, Any], plate: str = "BRA2E19") -> PlateRead:
     )  # fmt: skip
 
 
-async def publish_many(amqp_url: str, items: list[tuple[str, bytes]]) -> None:
-    conn = await aio_pika.connect(amqp_url)
-    async with conn:
-        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await declare_topology(channel)
-        await asyncio.gather(
-            *(
-                exchange.publish(aio_pika.Message(body, delivery_mode=2), key, timeout=30)
-                for key, body in items
-            )
-        )
-
-
 async def lpr_count(pool: asyncpg.Pool, camera: uuid.UUID) -> int:
     async with pool.acquire() as conn:
         return await plates.count_reads(conn, camera)
 
 
 async def test_plate_reads_batched_idempotent_and_scoped(
-    central_ingest: asyncio.Event, db_pool: asyncpg.Pool, amqp_url: str
+    central_ingest: asyncio.Event,
+    db_pool: asyncpg.Pool,
+    amqp_url: str,
+    broker_admin: BrokerAdmin,
 ) -> None:
-    site = await make_city(db_pool, "Ribeirão Preto")
-    other = await make_city(db_pool, "Bauru")
+    site = await make_city(db_pool, broker_admin, "Ribeirão Preto")
+    other = await make_city(db_pool, broker_admin, "Bauru")
     reads = [plate_read(site, f"ABC{n:04d}") for n in range(1200)]
     key = routing_key("plate_read", site["city"], site["agent"])
     items = [(key, encode(r)) for r in reads]
     items += items[:300]  # redeliveries of the first 300
     # Agent of another city sending a read for this city's camera, under its own key.
+    await publish_many(amqp_url, site, items)
     forged = plate_read(site).model_copy(update={"agent_id": other["agent"]})
-    items.append((routing_key("plate_read", other["city"], other["agent"]), encode(forged)))
-    await publish_many(amqp_url, items)
+    key_other = routing_key("plate_read", other["city"], other["agent"])
+    await publish(amqp_url, other, key_other, encode(forged))
 
     for _ in range(200):
         if await lpr_count(db_pool, site["camera"]) >= len(reads):
