@@ -4,6 +4,7 @@ RabbitMQ with publisher confirms. A row is marked sent only after the broker's B
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -30,6 +31,11 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     AGENT_VERSION = "unknown"
 
 PUBLISH_TIMEOUT_S = 10.0
+# Rows fetched per round; message-only rows among them are all in flight at once.
+BATCH_ROWS = 500
+BLOB_ROWS_PER_ROUND = 4
+# Outbox kinds whose payload is the whole wire message (no blob to upload first).
+MESSAGE_ONLY_KINDS = frozenset({"plate_read"})
 HEARTBEAT_INTERVAL_S = 10.0
 UPLOAD_TIMEOUT_S = 120.0
 # Short heartbeats: a half-open link is noticed in seconds, not the default minutes.
@@ -84,42 +90,84 @@ class Relay:
             await self.close()
 
     async def run_once(self) -> int:
-        """Send one batch of pending rows; returns how many were acknowledged."""
-        rows = await self.store.pending(limit=50)
+        """Send one batch of pending rows in priority order; returns how many were acked.
+
+        Rows whose message is all there is (plate reads) go out together, many publishes in
+        flight at once, and are marked sent in one transaction; rows with a blob (segments) go
+        one at a time, upload first.
+        """
+        rows = await self.store.pending(limit=BATCH_ROWS)
         if not rows:
             return 0
         exchange = await self._ensure_exchange()
-        for row in rows:
-            try:
-                try:
-                    body, key = await self._prepare(row)
-                except FileNotFoundError as exc:
-                    # docs/design/segments.md: the file vanished under us (deleted by hand, a
-                    # failed disk). Record the loss and move on; retrying would block the queue.
-                    await self.store.mark_lost(
-                        row.ref_id, f"file missing at upload: {exc.filename}", _now_ms()
-                    )
-                    log.error("segment=%s file missing at upload; recorded as lost", row.ref_id)
-                    continue
-                # on_return_raises + a timeout: unroutable or unconfirmed is a failure.
-                await exchange.publish(
-                    aio_pika.Message(
-                        body,
-                        content_type="application/json",
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        message_id=f"{row.kind}:{row.ref_id}",
-                        user_id=self._broker_user,
-                    ),
-                    routing_key=key,
-                    timeout=PUBLISH_TIMEOUT_S,
-                )
-            except Exception as exc:
-                await self.store.mark_failed(row.id, f"{type(exc).__name__}: {exc}")
-                raise RelayError(f"outbox row {row.id} ({row.kind}): {exc}") from exc
-            await self.store.mark_sent(row.id)
-            self.sent += 1
+        messages = [r for r in rows if r.kind in MESSAGE_ONLY_KINDS]
+        sent = await self._publish_window(exchange, messages) if messages else 0
+        # A few blobs per round only: plate reads that arrive meanwhile go out first next round.
+        blobs = [r for r in rows if r.kind not in MESSAGE_ONLY_KINDS][:BLOB_ROWS_PER_ROUND]
+        for row in blobs:
+            if await self._send_blob_row(exchange, row):
+                sent += 1
         self.last_error = None
-        return len(rows)
+        return sent
+
+    async def _publish_window(self, exchange: AbstractExchange, rows: list[OutboxRow]) -> int:
+        """Publish rows concurrently and mark the acked ones sent in one transaction."""
+        key = {kind: routing_key(kind, self.config.city_id, self.config.agent_id) for kind in
+               MESSAGE_ONLY_KINDS}  # fmt: skip
+        results = await asyncio.gather(
+            *(self._publish(exchange, row, json.dumps(row.payload).encode(), key[row.kind])
+              for row in rows),
+            return_exceptions=True,
+        )  # fmt: skip
+        acked = [row.id for row, res in zip(rows, results, strict=True) if res is None]
+        await self.store.mark_sent_many(acked)
+        self.sent += len(acked)
+        failed = [(row, res) for row, res in zip(rows, results, strict=True) if res is not None]
+        if failed:
+            row, exc = failed[0]
+            await self.store.mark_failed(row.id, f"{type(exc).__name__}: {exc}")
+            raise RelayError(f"{len(failed)} of {len(rows)} publishes failed, e.g. {exc!r}")
+        return len(acked)
+
+    async def _send_blob_row(self, exchange: AbstractExchange, row: OutboxRow) -> bool:
+        """Upload the row's blob, publish its message, mark it sent. False if it was lost."""
+        try:
+            try:
+                body, key = await self._prepare(row)
+            except FileNotFoundError as exc:
+                # docs/design/segments.md: the file vanished under us (deleted by hand, a
+                # failed disk). Record the loss and move on; retrying would block the queue.
+                await self.store.mark_lost(
+                    row.ref_id, f"file missing at upload: {exc.filename}", _now_ms()
+                )
+                log.error("segment=%s file missing at upload; recorded as lost", row.ref_id)
+                return False
+            await self._publish(exchange, row, body, key)
+        except Exception as exc:
+            await self.store.mark_failed(row.id, f"{type(exc).__name__}: {exc}")
+            raise RelayError(f"outbox row {row.id} ({row.kind}): {exc}") from exc
+        await self.store.mark_sent(row.id)
+        self.sent += 1
+        return True
+
+    async def _publish(
+        self, exchange: AbstractExchange, row: OutboxRow, body: bytes, key: str
+    ) -> None:
+        """One persistent publish; returns only on the broker's Basic.Ack.
+
+        on_return_raises (set on the channel) and a timeout: unroutable or unconfirmed fails.
+        """
+        await exchange.publish(
+            aio_pika.Message(
+                body,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=f"{row.kind}:{row.ref_id}",
+                user_id=self._broker_user,
+            ),
+            routing_key=key,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
 
     async def maybe_heartbeat(self) -> None:
         """Publish a heartbeat (health and backlog) if the last one is old enough.

@@ -21,6 +21,8 @@ from uuid import UUID
 
 import sqlite_utils
 
+from shared.messages import PlateRead
+
 T = TypeVar("T")
 
 # Lower sends first: alerts and plate reads before status, before images, before video.
@@ -78,6 +80,19 @@ MIGRATIONS: list[str] = [
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    """,
+    # Plate reads (one per vehicle passage): kept until central has them.
+    """
+    CREATE TABLE plate_reads (
+        read_id TEXT PRIMARY KEY,
+        camera_id TEXT NOT NULL,
+        plate TEXT NOT NULL,
+        confidence REAL NOT NULL,
+        seen_ms INTEGER NOT NULL,
+        segment_id TEXT,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX plate_reads_camera_seen ON plate_reads (camera_id, seen_ms);
     """,
 ]
 
@@ -382,15 +397,52 @@ class Store:
 
     async def mark_sent(self, outbox_id: int) -> None:
         """Record that the broker acknowledged the row (step 6). Commits."""
+        await self.mark_sent_many([outbox_id])
+
+    async def mark_sent_many(self, outbox_ids: list[int]) -> None:
+        """Record broker acks for many rows in one transaction (one fsync). Commits."""
 
         def update() -> None:
+            now = _now_ms()
             with self.db.atomic():
-                self.db.execute(
+                self.db.conn.executemany(
                     "UPDATE outbox SET sent_ms = ?, last_error = NULL WHERE id = ?",
-                    [_now_ms(), outbox_id],
+                    [(now, i) for i in outbox_ids],
                 )
 
-        await self._run(update)
+        if outbox_ids:
+            await self._run(update)
+
+    async def add_plate_reads(self, reads: list[PlateRead]) -> int:
+        """Register plate reads with their outbox rows, all in one transaction. Idempotent on
+        ``read_id``; returns how many were new. The outbox payload is the wire message."""
+
+        def insert() -> int:
+            now = _now_ms()
+            new = 0
+            with self.db.atomic():
+                for read in reads:
+                    cur = self.db.execute(
+                        "INSERT OR IGNORE INTO plate_reads (read_id, camera_id, plate, confidence,"
+                        " seen_ms, segment_id, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [str(read.read_id), str(read.camera_id), read.plate, read.confidence,
+                         read.seen_ms, str(read.segment_id) if read.segment_id else None, now],
+                    )  # fmt: skip
+                    if cur.rowcount:
+                        new += 1
+                        self.db.execute(
+                            "INSERT INTO outbox (kind, priority, ref_id, payload, created_ms)"
+                            " VALUES ('plate_read', ?, ?, ?, ?)",
+                            [
+                                PRIORITY["plate_read"],
+                                str(read.read_id),
+                                read.model_dump_json(),
+                                now,
+                            ],
+                        )
+            return new
+
+        return await self._run(insert)
 
     async def mark_failed(self, outbox_id: int, error: str) -> None:
         """Count a failed attempt and keep its reason for `status`. Commits."""

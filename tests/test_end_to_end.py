@@ -21,7 +21,9 @@ from minio import Minio
 from agent.config import AgentConfig, load_config
 from agent.enroll import enroll
 from agent.service import run_agent
+from agent.store import Store
 from central.bootstrap import bootstrap
+from shared.messages import PlateRead
 from tests.central_fixtures import CentralProcess
 
 ADMIN = ("admin@example.com", "correct horse battery staple")
@@ -51,6 +53,18 @@ class RunningAgent:
         conn = sqlite3.connect(self.config.data_dir / "agent.sqlite3")
         try:
             return {r[0] for r in conn.execute("SELECT segment_id FROM segments")}
+        finally:
+            conn.close()
+
+    def local_unsent_kind(self, kind: str) -> int:
+        import sqlite3
+
+        conn = sqlite3.connect(self.config.data_dir / "agent.sqlite3")
+        try:
+            n: int = conn.execute(
+                "SELECT count(*) FROM outbox WHERE sent_ms IS NULL AND kind = ?", [kind]
+            ).fetchone()[0]
+            return n
         finally:
             conn.close()
 
@@ -200,3 +214,41 @@ async def test_segments_api_requires_login_and_knows_cameras(
     assert bad.status_code == 401
     health = await central_api.http.get("/api/health")
     assert health.json() == {"database": "ok", "object_storage": "ok", "redis": "ok"}
+
+
+@pytest.mark.timeout(180)
+async def test_plate_reads_reach_central_once_each(
+    central_api: CentralProcess, agent: RunningAgent, db_pool: Any
+) -> None:
+    # The agent's LPR writes reads into its store; here the test plays that part (a second
+    # connection to the agent's SQLite file, as a separate LPR process would be).
+    store = Store(agent.config.data_dir / "agent.sqlite3")
+    await store.open()
+    camera_id = uuid.UUID(str(agent.ids["camera_id"]))
+    reads = [
+        PlateRead(
+            read_id=uuid.uuid4(), agent_id=agent.config.agent_id, camera_id=camera_id,
+            plate=f"BRA{n % 10}E{n % 100:02d}", confidence=0.91, seen_ms=1_700_000_000_000 + n,
+        )
+        for n in range(2000)
+    ]  # fmt: skip
+    try:
+        assert await store.add_plate_reads(reads) == len(reads)
+    finally:
+        await store.close()
+    count = 0
+    for _ in range(120):
+        async with db_pool.acquire() as conn:
+            count = await conn.fetchval(
+                "SELECT count(*) FROM lpr_events WHERE camera_id = $1", camera_id
+            )
+        if count >= len(reads):
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1)
+    async with db_pool.acquire() as conn:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM lpr_events WHERE camera_id = $1", camera_id
+        )
+    assert count == len(reads)
+    assert agent.local_unsent_kind("plate_read") == 0

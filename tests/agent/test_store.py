@@ -87,3 +87,21 @@ async def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
         assert mode == "wal"
     finally:
         await s2.close()
+
+
+@pytest.mark.timeout(30)
+async def test_plate_reads_with_outbox_rows_idempotent(store: Store) -> None:
+    from shared.messages import PlateRead
+
+    reads = [
+        PlateRead(read_id=uuid.uuid4(), agent_id=uuid.uuid4(), camera_id=uuid.uuid4(),
+                  plate="BRA2E19", confidence=0.9, seen_ms=1_700_000_000_000 + i)
+        for i in range(50)
+    ]  # fmt: skip
+    assert await store.add_plate_reads(reads) == 50
+    assert await store.add_plate_reads(reads[:10]) == 0  # same read_ids: nothing new
+    rows = await store.pending(limit=100)
+    assert [r.kind for r in rows] == ["plate_read"] * 50
+    assert PlateRead.model_validate(rows[0].payload) == reads[0]
+    await store.mark_sent_many([r.id for r in rows])
+    assert await store.pending() == []
