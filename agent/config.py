@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+RESERVED_CAMERA_KEY = "quarantine"  # the spool's folder for invalid segments
 CameraKey = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 
 
@@ -30,6 +31,14 @@ class RecordConfig(Strict):
     segment_seconds: int = Field(
         10, ge=2, le=60, description="Target segment length; segments start on keyframes."
     )
+    thumbnail_seconds: int = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="A JPEG of the camera's view for central's mosaics at most this often "
+        "(from a closed segment's first keyframe); 0 turns thumbnails off.",
+    )
+    thumbnail_width: int = Field(320, ge=64, le=1920, description="Thumbnail width in pixels.")
 
 
 class CameraConfig(Strict):
@@ -88,6 +97,8 @@ class AgentConfig(Strict):
     @model_validator(mode="after")
     def _camera_ids_unique(self) -> AgentConfig:
         seen: dict[UUID, str] = {}
+        if RESERVED_CAMERA_KEY in self.cameras:
+            raise ValueError(f"the camera name {RESERVED_CAMERA_KEY!r} is reserved (spool folder)")
         for key, cam in self.cameras.items():
             if cam.id in seen:
                 raise ValueError(f"cameras {seen[cam.id]!r} and {key!r} have the same id {cam.id}")

@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
 from agent.config import AgentConfig
 from agent.store import OutboxRow, Store
-from shared.messages import BlobRef, Heartbeat, SegmentRecorded, encode
+from shared.messages import BlobRef, Heartbeat, SegmentRecorded, ThumbnailTaken, encode
 from shared.topology import find_events_exchange, routing_key
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ PUBLISH_TIMEOUT_S = 10.0
 # Rows fetched per round; message-only rows among them are all in flight at once.
 BATCH_ROWS = 500
 BLOB_ROWS_PER_ROUND = 4
+CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg"}
 # Outbox kinds whose payload is the whole wire message (no blob to upload first).
 MESSAGE_ONLY_KINDS = frozenset({"plate_read"})
 HEARTBEAT_INTERVAL_S = 10.0
@@ -137,10 +138,12 @@ class Relay:
             except FileNotFoundError as exc:
                 # docs/design/segments.md: the file vanished under us (deleted by hand, a
                 # failed disk). Record the loss and move on; retrying would block the queue.
-                await self.store.mark_lost(
-                    row.ref_id, f"file missing at upload: {exc.filename}", _now_ms()
-                )
-                log.error("segment=%s file missing at upload; recorded as lost", row.ref_id)
+                reason = f"file missing at upload: {exc.filename}"
+                if row.kind == "segment":
+                    await self.store.mark_lost(row.ref_id, reason, _now_ms())
+                else:
+                    await self.store.drop_row(row.id, reason)
+                log.error("%s=%s %s; not sent", row.kind, row.ref_id, reason)
                 return False
             await self._publish(exchange, row, body, key)
         except Exception as exc:
@@ -148,6 +151,9 @@ class Relay:
             raise RelayError(f"outbox row {row.id} ({row.kind}): {exc}") from exc
         await self.store.mark_sent(row.id)
         self.sent += 1
+        if row.kind == "thumbnail":
+            # Central has it now; a thumbnail is not kept on the agent.
+            await asyncio.to_thread(Path(row.payload["path"]).unlink, missing_ok=True)
         return True
 
     async def _publish(
@@ -200,8 +206,14 @@ class Relay:
         self._last_heartbeat = loop.time()
 
     async def _prepare(self, row: OutboxRow) -> tuple[bytes, str]:
-        if row.kind != "segment":
-            raise RelayError(f"unknown outbox kind {row.kind!r}")
+        """Upload the row's blob (claim-check) and build its message."""
+        if row.kind == "segment":
+            return await self._prepare_segment(row)
+        if row.kind == "thumbnail":
+            return await self._prepare_thumbnail(row)
+        raise RelayError(f"unknown outbox kind {row.kind!r}")
+
+    async def _prepare_segment(self, row: OutboxRow) -> tuple[bytes, str]:
         seg = await self.store.segment(row.ref_id)
         if seg is None:
             raise RelayError(f"segment {row.ref_id} has no row")
@@ -223,6 +235,25 @@ class Relay:
             blob=blob,
         )
         return encode(msg), routing_key("segment", self.config.city_id, self.config.agent_id)
+
+    async def _prepare_thumbnail(self, row: OutboxRow) -> tuple[bytes, str]:
+        p = row.payload
+        blob = await self._upload(
+            kind="thumbnail",
+            camera_id=p["camera_id"],
+            object_id=p["thumbnail_id"],
+            path=Path(p["path"]),
+            size_bytes=p["size_bytes"],
+            sha256=p["sha256"],
+        )
+        msg = ThumbnailTaken(
+            thumbnail_id=p["thumbnail_id"],
+            agent_id=self.config.agent_id,
+            camera_id=p["camera_id"],
+            taken_ms=p["taken_ms"],
+            blob=blob,
+        )
+        return encode(msg), routing_key("thumbnail", self.config.city_id, self.config.agent_id)
 
     async def _upload(
         self, *, kind: str, camera_id: str, object_id: str, path: Path, size_bytes: int, sha256: str
@@ -246,7 +277,7 @@ class Relay:
         # A separate client: the presigned URL is the only credential S3 may see (an extra
         # Authorization header makes the request ambiguous and S3 refuses it).
         put = await self._blob_client().put(
-            grant["url"], content=data, headers={"Content-Type": "video/mp4"}
+            grant["url"], content=data, headers={"Content-Type": CONTENT_TYPES[kind]}
         )
         if put.status_code != 200:
             raise RelayError(f"object upload failed: HTTP {put.status_code} {put.text[:200]}")

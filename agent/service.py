@@ -33,6 +33,7 @@ from agent.reload import ConfigReloader, ReloadResult
 from agent.segmenter import CameraRecorder
 from agent.spool import reconcile
 from agent.store import Store
+from agent.thumbnails import Thumbnailer
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,10 @@ class Agent:
         return task
 
     def _start_recorder(self, key: str, camera: CameraConfig) -> None:
-        recorder = CameraRecorder(key, camera, self.store, self.spool)
+        thumbnails = Thumbnailer(key, camera, self.store, self.config.data_dir / "thumbnails")
+        recorder = CameraRecorder(
+            key, camera, self.store, self.spool, on_segment=thumbnails.on_segment
+        )
         self._recorder_tasks[key] = self._spawn(recorder.run(), f"camera:{key}")
         self.recorders[key] = recorder
         self._recorder_since[key] = time.time()

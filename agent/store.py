@@ -366,6 +366,19 @@ class Store:
 
         return await self._run(update)
 
+    async def drop_row(self, outbox_id: int, reason: str) -> None:
+        """Stop sending an outbox row that can never be sent (e.g. a thumbnail whose file is
+        gone). Commits."""
+
+        def update() -> None:
+            with self.db.atomic():
+                self.db.execute(
+                    "UPDATE outbox SET dropped_ms = ?, last_error = ? WHERE id = ?",
+                    [_now_ms(), reason[:500], outbox_id],
+                )
+
+        await self._run(update)
+
     async def get_meta(self, key: str) -> str | None:
         def query() -> str | None:
             row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
@@ -412,6 +425,32 @@ class Store:
 
         if outbox_ids:
             await self._run(update)
+
+    async def add_thumbnail(self, thumb: dict[str, Any]) -> list[str]:
+        """Queue a thumbnail (payload: thumbnail_id, camera_id, taken_ms, path, size_bytes,
+        sha256) and drop the camera's older unsent ones: only the newest view is worth sending
+        after an outage. Returns the dropped files' paths, for the caller to delete. Commits."""
+
+        def insert() -> list[str]:
+            now = _now_ms()
+            with self.db.atomic():
+                older = self.db.execute(
+                    "SELECT id, json_extract(payload, '$.path') FROM outbox"
+                    " WHERE kind = 'thumbnail' AND sent_ms IS NULL AND dropped_ms IS NULL"
+                    " AND json_extract(payload, '$.camera_id') = ?",
+                    [thumb["camera_id"]],
+                ).fetchall()
+                self.db.conn.executemany(
+                    "UPDATE outbox SET dropped_ms = ? WHERE id = ?", [(now, r[0]) for r in older]
+                )
+                self.db.execute(
+                    "INSERT INTO outbox (kind, priority, ref_id, payload, created_ms)"
+                    " VALUES ('thumbnail', ?, ?, ?, ?)",
+                    [PRIORITY["thumbnail"], thumb["thumbnail_id"], json.dumps(thumb), now],
+                )
+            return [r[1] for r in older]
+
+        return await self._run(insert)
 
     async def add_plate_reads(self, reads: list[PlateRead]) -> int:
         """Register plate reads with their outbox rows, all in one transaction. Idempotent on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -68,3 +69,24 @@ async def get_camera(
         camera_id, scope,
     )  # fmt: skip
     return None if row is None else dict(row)
+
+
+async def set_thumbnail(
+    conn: asyncpg.Connection, camera_id: UUID, key: str, taken: datetime
+) -> tuple[bool, str | None, str | None]:
+    """Point the camera at a newer thumbnail; one no newer than the current is not applied.
+
+    Returns (applied, previous key, current key). Call inside a transaction.
+    """
+    previous = await conn.fetchrow(
+        "SELECT thumbnail_key, thumbnail_at FROM cameras WHERE id = $1 FOR UPDATE", camera_id
+    )
+    if previous is None:
+        return False, None, None
+    if previous["thumbnail_at"] is not None and previous["thumbnail_at"] >= taken:
+        return False, previous["thumbnail_key"], previous["thumbnail_key"]
+    await conn.execute(
+        "UPDATE cameras SET thumbnail_key = $2, thumbnail_at = $3 WHERE id = $1",
+        camera_id, key, taken,
+    )  # fmt: skip
+    return True, previous["thumbnail_key"], key

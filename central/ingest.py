@@ -27,6 +27,7 @@ from shared.messages import (
     MessageRejected,
     PlateRead,
     SegmentRecorded,
+    ThumbnailTaken,
     decode,
 )
 from shared.topology import (
@@ -34,6 +35,7 @@ from shared.topology import (
     HEARTBEATS_QUEUE,
     PLATES_QUEUE,
     SEGMENTS_QUEUE,
+    THUMBNAILS_QUEUE,
     ConsumerQueue,
     agent_user,
     declare_topology,
@@ -271,6 +273,59 @@ class PlateConsumer(Consumer):
         return {(r["agent_id"], r["camera_id"]): r["cidade_id"] for r in rows}
 
 
+class ThumbnailConsumer(Consumer):
+    """Consumes ``central.thumbnails``: each camera points at its newest thumbnail, and the
+    object it replaces is deleted (mosaics need only the current view)."""
+
+    queue = THUMBNAILS_QUEUE
+    prefetch = 16
+
+    def __init__(self, pool: asyncpg.Pool, s3: Minio) -> None:
+        super().__init__(pool)
+        self.s3 = s3
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            thumb, city = self.envelope(message)
+            assert isinstance(thumb, ThumbnailTaken)
+            async with self.pool.acquire() as conn:
+                if (
+                    await cameras.camera_city_for_agent(conn, thumb.camera_id, thumb.agent_id)
+                    != city
+                ):
+                    raise Poison(
+                        f"camera {thumb.camera_id} is not in agent {thumb.agent_id}'s city"
+                    )
+            expected = storage.thumbnail_key(city, thumb.camera_id, thumb.thumbnail_id)
+            if thumb.blob.bucket != "thumbnails" or thumb.blob.key != expected:
+                raise Poison(f"blob {thumb.blob.bucket}/{thumb.blob.key} is not {expected}")
+            await asyncio.to_thread(
+                storage.verify_blob, self.s3, "thumbnails", expected,
+                thumb.blob.size_bytes, thumb.blob.sha256,
+            )  # fmt: skip
+            async with self.pool.acquire() as conn, conn.transaction():
+                applied, previous, current = await cameras.set_thumbnail(
+                    conn, thumb.camera_id, expected, segments.ms_to_dt(thumb.taken_ms)
+                )
+            # Delete what no row points at: the replaced thumbnail, or this one if it arrived
+            # after a newer one (a redelivery of the current one is left alone).
+            obsolete = previous if applied else expected
+            if obsolete is not None and obsolete != current:
+                await asyncio.to_thread(self.s3.remove_object, "thumbnails", obsolete)
+            self.inserted += int(applied)
+            await message.ack()
+        except (Poison, MessageRejected) as exc:
+            await self.dead_letter(message, str(exc))
+        except storage.BlobMismatch as exc:
+            log.warning("thumbnail blob not verified (%s); will retry", exc)
+            await asyncio.sleep(RETRY_DELAY_S)
+            await message.nack(requeue=True)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("transient failure storing a thumbnail (%r); will retry", exc)
+            await asyncio.sleep(RETRY_DELAY_S)
+            await message.nack(requeue=True)
+
+
 class HeartbeatConsumer(Consumer):
     """Consumes ``central.heartbeats``: the newest heartbeat per agent wins."""
 
@@ -313,6 +368,7 @@ async def run_ingest(
         SegmentConsumer(pool, s3),
         plate_consumer,
         HeartbeatConsumer(pool, redis),
+        ThumbnailConsumer(pool, s3),
     ]
     try:
         for consumer in consumers:

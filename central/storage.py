@@ -49,6 +49,21 @@ def segment_key(city_id: UUID, camera_id: UUID, segment_id: UUID) -> str:
     return f"{city_id}/{camera_id}/{segment_id}.mp4"
 
 
+def thumbnail_key(city_id: UUID, camera_id: UUID, thumbnail_id: UUID) -> str:
+    return f"{city_id}/{camera_id}/{thumbnail_id}.jpg"
+
+
+# Which bucket and key an agent's upload of each kind goes to.
+UPLOAD_KINDS = {
+    "segment": ("recordings", segment_key),
+    "thumbnail": ("thumbnails", thumbnail_key),
+}
+
+
+def presign_get(client: Minio, bucket: str, key: str, ttl_s: int) -> str:
+    return client.presigned_get_object(bucket, key, expires=timedelta(seconds=ttl_s))
+
+
 def presign_put(client: Minio, bucket: str, key: str, ttl_s: int) -> str:
     return client.presigned_put_object(bucket, key, expires=timedelta(seconds=ttl_s))
 

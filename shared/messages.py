@@ -80,6 +80,19 @@ class PlateRead(WireModel):
     crop: BlobRef | None = Field(None, description="Evidence JPEG in `lpr-images`.")
 
 
+class ThumbnailTaken(WireModel):
+    """A small JPEG of a camera's current view, for mosaics. State: the newest ``taken_ms``
+    per camera wins. Idempotency key: ``thumbnail_id``."""
+
+    type: Literal["thumbnail"] = "thumbnail"
+    schema_version: Literal[1] = 1
+    thumbnail_id: UUID = Field(description="Made by the agent; names the object.")
+    agent_id: UUID = Field(description="Must match the routing key's agent.")
+    camera_id: UUID = Field(description="A camera of the agent's city.")
+    taken_ms: EpochMs
+    blob: BlobRef = Field(description="The JPEG in the `thumbnails` bucket.")
+
+
 class Heartbeat(WireModel):
     """The agent's periodic health report, sent while connected (not through the outbox).
 
@@ -100,12 +113,13 @@ class Heartbeat(WireModel):
     )
 
 
-Message = SegmentRecorded | PlateRead | Heartbeat
+Message = SegmentRecorded | PlateRead | Heartbeat | ThumbnailTaken
 
-MESSAGE_TYPES: dict[str, type[SegmentRecorded] | type[PlateRead] | type[Heartbeat]] = {
+MESSAGE_TYPES: dict[str, type[Message]] = {
     "segment": SegmentRecorded,
     "plate_read": PlateRead,
     "heartbeat": Heartbeat,
+    "thumbnail": ThumbnailTaken,
 }
 
 

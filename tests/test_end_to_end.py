@@ -14,6 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import cv2
+import httpx
+import numpy as np
 import pytest
 import yaml
 from minio import Minio
@@ -162,6 +165,19 @@ async def test_camera_video_reaches_central(
         gap = (next_start[1] - end[0]).total_seconds()
         assert abs(gap) < 0.2, (end, next_start)
     assert {s["id"] for s in segments} <= agent.local_segments()
+
+    # A thumbnail of the camera's view reached the mosaic endpoint, as a real JPEG.
+    thumb_url = f"/api/cameras/{ids['camera_id']}/thumbnail"
+    for _ in range(60):
+        resp = await central_api.http.get(thumb_url, headers=agent.headers)
+        if resp.status_code == 200:
+            break
+        await asyncio.sleep(0.5)
+    assert resp.status_code == 200, resp.text
+    async with httpx.AsyncClient() as plain:
+        jpeg = (await plain.get(resp.json()["url"])).content
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[1] == 320
 
     # The agent's heartbeats made it show as online, with its backlog.
     for _ in range(40):

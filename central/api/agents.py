@@ -57,7 +57,7 @@ class AgentHealth(BaseModel):
 
 
 class UploadRequest(BaseModel):
-    kind: Literal["segment"]
+    kind: Literal["segment", "thumbnail"]
     camera_id: UUID
     object_id: UUID
     size_bytes: int = Field(ge=1, le=8 * 1024**3)
@@ -139,7 +139,8 @@ async def upload_grant(
         city = await cameras.camera_city_for_agent(conn, body.camera_id, agent.id)
     if city is None:
         raise HTTPException(404, "camera not found")
-    key = storage.segment_key(city, body.camera_id, body.object_id)
+    bucket, make_key = storage.UPLOAD_KINDS[body.kind]
+    key = make_key(city, body.camera_id, body.object_id)
     ttl = r.settings.upload_url_ttl_s
-    url = await asyncio.to_thread(storage.presign_put, r.s3_public, "recordings", key, ttl)
-    return UploadGrant(bucket="recordings", key=key, url=url, expires_in_s=ttl)
+    url = await asyncio.to_thread(storage.presign_put, r.s3_public, bucket, key, ttl)
+    return UploadGrant(bucket=bucket, key=key, url=url, expires_in_s=ttl)

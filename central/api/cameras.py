@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID
@@ -10,12 +11,13 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from central import cameras, cities, segments
+from central import cameras, cities, segments, storage
 from central.api.auth import requires
 from central.api.resources import NOT_FOUND, Res
 from central.users import Principal
 
 router = APIRouter()
+THUMBNAIL_URL_TTL_S = 60
 
 
 class CityIn(BaseModel):
@@ -133,6 +135,29 @@ async def get_camera(
     if row is None:
         raise HTTPException(404, "camera not found")
     return CameraOut(**row)
+
+
+class ThumbnailOut(BaseModel):
+    url: str = Field(description="Presigned GET URL of the JPEG; valid for a minute.")
+    taken_at: datetime
+
+
+@router.get("/api/cameras/{camera_id}/thumbnail", tags=["cameras"], responses=NOT_FOUND)
+async def camera_thumbnail(
+    camera_id: UUID, r: Res, who: Annotated[Principal, Depends(requires("cameras:read"))]
+) -> ThumbnailOut:
+    """The camera's latest view (for mosaics): 404 until its agent has sent one."""
+    async with r.pool.acquire() as conn:
+        row = await cameras.get_camera(conn, camera_id, who.city_list())
+        thumb = row and await conn.fetchrow(
+            "SELECT thumbnail_key, thumbnail_at FROM cameras WHERE id = $1", camera_id
+        )
+    if not thumb or thumb["thumbnail_key"] is None:
+        raise HTTPException(404, "camera not found or no thumbnail yet")
+    url = await asyncio.to_thread(
+        storage.presign_get, r.s3_public, "thumbnails", thumb["thumbnail_key"], THUMBNAIL_URL_TTL_S
+    )
+    return ThumbnailOut(url=url, taken_at=thumb["thumbnail_at"])
 
 
 @router.get("/api/cameras/{camera_id}/segments", tags=["recordings"], responses=NOT_FOUND)

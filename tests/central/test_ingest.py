@@ -13,10 +13,11 @@ import aio_pika
 import asyncpg
 import pytest
 from minio import Minio
+from minio.error import S3Error
 
 from central import agents, cameras, cities, plates, storage
 from central.broker import BrokerAdmin
-from shared.messages import BlobRef, PlateRead, SegmentRecorded, encode
+from shared.messages import BlobRef, PlateRead, SegmentRecorded, ThumbnailTaken, encode
 from shared.topology import PLATES_QUEUE, SEGMENTS_QUEUE, find_events_exchange, routing_key
 
 pytestmark = pytest.mark.timeout(90)
@@ -233,3 +234,53 @@ async def test_plate_reads_batched_idempotent_and_scoped(
     )
     letters = await dead_letters(amqp_url, expect=1, queue=PLATES_QUEUE.dead_letter_queue)
     assert len(letters) == 1 and "not in agent" in str(letters[0]["reason"])
+
+
+async def test_thumbnails_newest_wins_and_replaced_objects_go(
+    central_ingest: asyncio.Event,
+    db_pool: asyncpg.Pool,
+    s3_client: Minio,
+    amqp_url: str,
+    broker_admin: BrokerAdmin,
+) -> None:
+    site = await make_city(db_pool, broker_admin, "Marília")
+    key = routing_key("thumbnail", site["city"], site["agent"])
+
+    def upload(taken_ms: int) -> ThumbnailTaken:
+        thumb_id = uuid.uuid4()
+        obj = storage.thumbnail_key(site["city"], site["camera"], thumb_id)
+        data = f"jpeg-{taken_ms}".encode() * 10
+        s3_client.put_object("thumbnails", obj, io.BytesIO(data), len(data))
+        return ThumbnailTaken(
+            thumbnail_id=thumb_id, agent_id=site["agent"], camera_id=site["camera"],
+            taken_ms=taken_ms,
+            blob=BlobRef(bucket="thumbnails", key=obj, size_bytes=len(data),
+                         sha256=hashlib.sha256(data).hexdigest()),
+        )  # fmt: skip
+
+    async def current() -> str | None:
+        async with db_pool.acquire() as conn:
+            key_now: str | None = await conn.fetchval(
+                "SELECT thumbnail_key FROM cameras WHERE id = $1", site["camera"]
+            )
+            return key_now
+
+    def exists(obj: str) -> bool:
+        try:
+            s3_client.stat_object("thumbnails", obj)
+            return True
+        except S3Error:
+            return False
+
+    first, newer, older = upload(1000), upload(3000), upload(2000)
+    for thumb in (first, newer, older, newer):  # out of order, and a redelivery
+        await publish(amqp_url, site, key, encode(thumb))
+        for _ in range(100):
+            if not exists(thumb.blob.key) or await current() in (thumb.blob.key, newer.blob.key):
+                break
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert await current() == newer.blob.key
+    assert exists(newer.blob.key)
+    assert not exists(first.blob.key), "the replaced thumbnail was not deleted"
+    assert not exists(older.blob.key), "a stale thumbnail was kept"
