@@ -93,3 +93,33 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["check-config", "--config", str(bad)]) == 2
     assert "cameras -> gate_1 -> transport" in capsys.readouterr().err
     assert main(["check-config", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_quarantine_camera_name_is_reserved() -> None:
+    data = config_dict()
+    data["cameras"] = {"quarantine": data["cameras"]["gate_1"]}  # type: ignore[index]
+    with pytest.raises(ConfigError, match="reserved"):
+        parse_config(yaml.safe_dump(data))
+
+
+def test_yaml_error_does_not_quote_the_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("cameras:\n  a:\n    password: hunter2: [\n")
+    assert "hunter2" not in str(err.value)
+    assert "line 3" in str(err.value)
+
+
+def test_credentials_file_merges_and_conflicts(tmp_path: Path) -> None:
+    full = config_dict()
+    creds = {"agent_id": full.pop("agent_id"), "city_id": full.pop("city_id"),
+             "central": full.pop("central")}  # fmt: skip
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(full))
+    (tmp_path / "credentials.yaml").write_text(yaml.safe_dump(creds))
+    from agent.config import load_config
+
+    cfg = load_config(tmp_path / "agent.yaml")
+    assert str(cfg.agent_id) == creds["agent_id"]
+    full["agent_id"] = str(uuid.uuid4())
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(full))
+    with pytest.raises(ConfigError, match="agent_id is set in both"):
+        load_config(tmp_path / "agent.yaml")
