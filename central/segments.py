@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -62,6 +62,34 @@ async def list_segments(
         ORDER BY start_time
         LIMIT $4
         """,
-        camera_id, start, end, min(limit, MAX_PAGE),
+        camera_id, start, end, limit,
     )  # fmt: skip
     return [dict(r) for r in rows]
+
+
+def coverage(
+    rows: list[dict[str, Any]], start: datetime, end: datetime, tolerance_ms: int = 500
+) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
+    """Recorded intervals and gaps within [start, end), from segments sorted by start.
+
+    Segments closer than ``tolerance_ms`` (rounding, a keyframe's worth) count as continuous.
+    """
+    tol = timedelta(milliseconds=tolerance_ms)
+    covered: list[tuple[datetime, datetime]] = []
+    for row in rows:
+        s, e = max(row["start_time"], start), min(row["end_time"], end)
+        if e <= s:
+            continue
+        if covered and s <= covered[-1][1] + tol:
+            covered[-1] = (covered[-1][0], max(covered[-1][1], e))
+        else:
+            covered.append((s, e))
+    gaps: list[tuple[datetime, datetime]] = []
+    cursor = start
+    for s, e in covered:
+        if s - cursor > tol:
+            gaps.append((cursor, s))
+        cursor = max(cursor, e)
+    if end - cursor > tol:
+        gaps.append((cursor, end))
+    return covered, gaps

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 from uuid import UUID
 
@@ -18,6 +18,7 @@ from central.users import Principal
 
 router = APIRouter()
 THUMBNAIL_URL_TTL_S = 60
+MAX_TIMELINE = timedelta(days=31)
 
 
 class CityIn(BaseModel):
@@ -137,6 +138,20 @@ async def get_camera(
     return CameraOut(**row)
 
 
+class Interval(BaseModel):
+    start: datetime
+    end: datetime
+
+
+class TimelineOut(BaseModel):
+    start: datetime
+    end: datetime
+    recorded: list[Interval] = Field(description="Continuous footage central holds.")
+    gaps: list[Interval] = Field(description="Holes: nothing recorded, lost, or not synced yet.")
+    segments: int
+    truncated: bool = Field(description="More segments than one page: narrow the range.")
+
+
 class ThumbnailOut(BaseModel):
     url: str = Field(description="Presigned GET URL of the JPEG; valid for a minute.")
     taken_at: datetime
@@ -175,3 +190,29 @@ async def camera_segments(
             raise HTTPException(404, "camera not found")
         rows = await segments.list_segments(conn, camera_id, start, end, limit)
     return [SegmentOut(**row) for row in rows]
+
+
+@router.get("/api/cameras/{camera_id}/timeline", tags=["recordings"], responses=NOT_FOUND)
+async def camera_timeline(
+    camera_id: UUID,
+    start: datetime,
+    end: datetime,
+    r: Res,
+    who: Annotated[Principal, Depends(requires("recordings:read"))],
+) -> TimelineOut:
+    """What central holds for a camera in [start, end): recorded intervals and explicit gaps."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise HTTPException(422, "start, end: give a time zone (e.g. 2026-01-31T12:00:00Z)")
+    if not start < end or end - start > MAX_TIMELINE:
+        raise HTTPException(422, "end: must be after start, at most 31 days later")
+    async with r.pool.acquire() as conn:
+        if await cameras.get_camera(conn, camera_id, who.city_list()) is None:
+            raise HTTPException(404, "camera not found")
+        rows = await segments.list_segments(conn, camera_id, start, end, segments.MAX_PAGE + 1)
+    truncated = len(rows) > segments.MAX_PAGE
+    recorded, gaps = segments.coverage(rows[: segments.MAX_PAGE], start, end)
+    return TimelineOut(
+        start=start, end=end, segments=min(len(rows), segments.MAX_PAGE), truncated=truncated,
+        recorded=[Interval(start=s, end=e) for s, e in recorded],
+        gaps=[Interval(start=s, end=e) for s, e in gaps],
+    )  # fmt: skip
