@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from central import agents, users
+from central import agents, ratelimit, users
 from central.api.resources import Res
 from central.users import Principal
 
@@ -67,12 +67,23 @@ class LoginResponse(BaseModel):
     expires_in_s: int
 
 
-@router.post("/api/auth/login")
-async def login(body: LoginRequest, r: Res) -> LoginResponse:
-    """Exchange e-mail and password for a session token (``Authorization: Bearer ...``)."""
+@router.post("/api/auth/login", responses={429: {"description": "Too many failed attempts."}})
+async def login(body: LoginRequest, r: Res, request: Request) -> LoginResponse:
+    """Exchange e-mail and password for a session token (``Authorization: Bearer ...``).
+
+    Failed attempts are limited per e-mail and per client address (429 with Retry-After).
+    """
+    address = request.client.host if request.client else "unknown"
+    wait_s = await ratelimit.blocked(r.redis, body.email, address)
+    if wait_s is not None:
+        raise HTTPException(
+            429, "too many failed logins; try again later", headers={"Retry-After": str(wait_s)}
+        )
     async with r.pool.acquire() as conn:
         user = await users.authenticate(conn, body.email, body.password)
     if user is None:
+        await ratelimit.record_failure(r.redis, body.email, address)
         raise HTTPException(401, "wrong e-mail or password")
+    await ratelimit.record_success(r.redis, body.email, address)
     token = users.issue_token(user, r.settings.gtvision_secret_key.get_secret_value())
     return LoginResponse(token=token, expires_in_s=users.SESSION_TTL_S)
