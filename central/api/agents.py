@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from central import agents, cameras, enrolment, presence, storage
 from central.api.auth import current_agent, requires
+from central.api.fields import Text
 from central.api.resources import NOT_FOUND, Res
 from central.broker import BrokerAdminError
 from central.users import Principal
@@ -24,7 +25,7 @@ router = APIRouter(tags=["agents"])
 
 class EnrolmentTokenRequest(BaseModel):
     cidade_id: UUID
-    nome: str = Field(min_length=1, max_length=255, description="The new agent's name.")
+    nome: Text = Field(min_length=1, max_length=255, description="The new agent's name.")
 
 
 class EnrolmentTokenOut(BaseModel):
@@ -33,7 +34,7 @@ class EnrolmentTokenOut(BaseModel):
 
 
 class EnrolRequest(BaseModel):
-    token: str = Field(min_length=20, max_length=200)
+    token: Text = Field(min_length=20, max_length=200)
 
 
 class EnrolResponse(BaseModel):

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from central import agents, ratelimit, users
+from central.api.fields import Text
 from central.api.resources import Res
 from central.users import Principal
 
@@ -58,8 +59,8 @@ async def current_agent(r: Res, creds: Creds) -> agents.Agent:
 
 
 class LoginRequest(BaseModel):
-    email: str = Field(max_length=255)
-    password: str = Field(max_length=1024)
+    email: Text = Field(max_length=255)
+    password: Text = Field(max_length=1024)
 
 
 class LoginResponse(BaseModel):

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from central import cameras, cities, segments, storage
 from central.api.auth import requires
+from central.api.fields import Text
 from central.api.resources import NOT_FOUND, Res
 from central.users import Principal
 
@@ -22,7 +23,7 @@ MAX_TIMELINE = timedelta(days=31)
 
 
 class CityIn(BaseModel):
-    nome: str = Field(min_length=1, max_length=255)
+    nome: Text = Field(min_length=1, max_length=255)
     estado: str = Field(pattern=r"^[A-Z]{2}$", description="UF, e.g. SP.")
     plano_retencao_dias: int = Field(description="Retention plan: 7, 15 or 30 days.")
 
@@ -34,11 +35,11 @@ class CityOut(CityIn):
 
 class CameraIn(BaseModel):
     cidade_id: UUID
-    nome: str = Field(min_length=1, max_length=255)
-    url_rtsp: str = Field(
+    nome: Text = Field(min_length=1, max_length=255)
+    url_rtsp: Text = Field(
         min_length=8, max_length=500, pattern=r"^rtsps?://", description="Without credentials."
     )
-    localizacao: str | None = Field(None, max_length=500)
+    localizacao: Text | None = Field(None, max_length=500)
     agent_id: UUID | None = Field(None, description="The city's agent that records it.")
 
 

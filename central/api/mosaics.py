@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from central import cameras, mosaics, storage
 from central.api.auth import requires
+from central.api.fields import Text
 from central.api.resources import NOT_FOUND, Res
 from central.users import Principal
 
@@ -20,7 +21,7 @@ CELL_URL_TTL_S = 60
 
 
 class MosaicIn(BaseModel):
-    name: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=100)
     layout: Literal["1x1", "2x2", "3x3", "4x4"] = "2x2"
     camera_ids: list[UUID] = Field(max_length=16, description="Cells in reading order.")
 

@@ -1,0 +1,785 @@
+"""Plate reads end to end (SQLite outbox -> RabbitMQ -> PostgreSQL): drain rate, loss, latency."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import resource
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+from uuid import UUID
+
+import aio_pika
+import asyncpg
+import httpx
+from pydantic import SecretStr
+
+from agent.config import AgentConfig, CentralConfig
+from agent.relay import BATCH_ROWS, PUBLISH_TIMEOUT_S, Relay
+from agent.store import OutboxRow, Store
+from central import agents, cameras, cities, migrate
+from central.broker import BrokerAdmin, agent_amqp_url
+from central.db import create_pool
+from devstack.procs import ProcRef, RunningService, start_process, tail
+from devstack.stack import Ports, Stack, StackOptions
+from shared.messages import PlateRead
+from shared.topology import PLATES_QUEUE, find_events_exchange, routing_key
+
+SERVICES = ["postgres", "rabbitmq", "s3", "redis"]  # s3: `gtvision-central ingest` demands it
+INSERT_BATCH = 1000  # reads per add_plate_reads call when filling the backlog
+WINDOW = BATCH_ROWS  # the baselines keep as many publishes in flight as the relay does
+WARMUP_READS = 2000
+POLL_S = 0.01  # online latency: how often PostgreSQL is asked which reads arrived
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- CPU per component -----------------------------------------------------------------------
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, CPU seconds incl. reaped children) for every process, from /proc."""
+    table: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # comm may contain spaces or parentheses: the fields start after the last ')'.
+        f = stat[stat.rindex(")") + 2 :].split()
+        # stat(5) fields 4 (ppid) and 14-17 (utime, stime, cutime, cstime). cutime/cstime hold
+        # children already reaped (a finished postgres backend), which are no longer in /proc.
+        table[int(entry)] = (int(f[1]), sum(int(x) for x in f[11:15]) / CLK_TCK)
+    return table
+
+
+def _tree_cpu_s(roots: Sequence[int], table: dict[int, tuple[int, float]]) -> float:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    seen: set[int] = set()
+    todo = list(roots)
+    total = 0.0
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        total += table[pid][1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of each component: this process (agent side), ingest, broker, database."""
+
+    roots: dict[str, list[int]]
+
+    def snapshot(self) -> dict[str, float]:
+        table = _proc_table()
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        out = {"bench": ru.ru_utime + ru.ru_stime}
+        for name, pids in self.roots.items():
+            out[name] = _tree_cpu_s(pids, table)
+        return out
+
+
+def _cpu_line(before: dict[str, float], after: dict[str, float], wall_s: float, n: int) -> str:
+    parts = []
+    total = 0.0
+    for name in after:
+        d = after[name] - before.get(name, 0.0)
+        total += d
+        parts.append(f"{name} {d:.1f} s ({d / n * 1e6:.0f} us/read)")
+    return (
+        f"CPU: {', '.join(parts)}; total {total:.1f} s over {wall_s:.1f} s wall "
+        f"= {total / wall_s:.2f} cores"
+    )
+
+
+def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+
+
+# --- The agent's store, with its relay-facing calls timed ------------------------------------
+
+
+class TimedStore(Store):
+    """The real store; only adds up the wall time the relay spends waiting on SQLite."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.pending_s = 0.0
+        self.mark_s = 0.0
+        self.rounds = 0
+
+    def reset(self) -> None:
+        self.pending_s = self.mark_s = 0.0
+        self.rounds = 0
+
+    async def pending(self, limit: int = 100) -> list[OutboxRow]:
+        t = time.perf_counter()
+        try:
+            return await super().pending(limit)
+        finally:
+            self.pending_s += time.perf_counter() - t
+
+    async def mark_sent_many(self, outbox_ids: list[int]) -> None:
+        t = time.perf_counter()
+        try:
+            await super().mark_sent_many(outbox_ids)
+        finally:
+            self.mark_s += time.perf_counter() - t
+            self.rounds += 1
+
+
+# --- Helpers ---------------------------------------------------------------------------------
+
+
+def _plate(i: int) -> str:
+    """A valid Mercosul plate (ABC1D23) derived from i."""
+    letters = "ABCDEFGHIJ"
+    return f"BR{letters[(i // 1000) % 10]}{i % 10}{letters[(i // 10) % 10]}{(i // 100) % 100:02d}"
+
+
+def make_reads(agent_id: UUID, camera_id: UUID, n: int, start: int = 0) -> list[PlateRead]:
+    now = time.time_ns() // 1_000_000
+    return [
+        PlateRead(
+            read_id=uuid.uuid4(),
+            agent_id=agent_id,
+            camera_id=camera_id,
+            plate=_plate(start + i),
+            confidence=0.93,
+            seen_ms=now,
+        )
+        for i in range(n)
+    ]
+
+
+def wire_body(read: PlateRead) -> bytes:
+    # Byte for byte what the relay sends: the store keeps model_dump_json(), the relay
+    # json.loads it from the outbox and json.dumps it again.
+    return json.dumps(json.loads(read.model_dump_json())).encode()
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+async def wait_in_pg(
+    pool: asyncpg.Pool,
+    camera_id: UUID,
+    last_id: UUID,
+    n: int,
+    timeout_s: float,
+    check: Callable[[], None] | None = None,
+) -> float:
+    """Monotonic time of the first poll that sees ``n`` reads of the camera in PostgreSQL.
+
+    Polls the last read's primary key every 20 ms (cheap), and counts the camera's rows only
+    once it is there: a count(*) over 100k rows every few ms would load the database it
+    measures. The relay and the consumer keep order, so the last read is (almost) always last.
+    """
+    deadline = time.monotonic() + timeout_s
+    seen_last = False
+    async with pool.acquire() as conn:
+        while time.monotonic() < deadline:
+            if check is not None:
+                check()
+            t = time.monotonic()
+            if not seen_last:
+                seen_last = bool(
+                    await conn.fetchval("SELECT 1 FROM lpr_events WHERE id = $1", last_id)
+                )
+            if seen_last:
+                count: int = await conn.fetchval(
+                    "SELECT count(*) FROM lpr_events WHERE camera_id = $1", camera_id
+                )
+                if count >= n:
+                    return t
+                await asyncio.sleep(0.1)
+                continue
+            await asyncio.sleep(0.02)
+        count = await conn.fetchval(
+            "SELECT count(*) FROM lpr_events WHERE camera_id = $1", camera_id
+        )
+    raise TimeoutError(f"only {count} of {n} reads reached PostgreSQL in {timeout_s:.0f} s")
+
+
+@dataclass
+class Site:
+    """The city, agent and cameras the bench publishes as, and the agent's broker URL."""
+
+    city: UUID
+    agent: UUID
+    cameras: dict[str, UUID]
+    amqp_url: str
+    user: str
+
+
+async def make_site(pool: asyncpg.Pool, broker: BrokerAdmin, amqp_url: str) -> Site:
+    # One camera per phase: each phase's reads are counted apart in lpr_events.
+    async with pool.acquire() as conn:
+        city = await cities.create_city(conn, "Bench", "SP", 30)
+        agent, _token = await agents.create_agent(conn, city, "bench-agent")
+        cams = {
+            name: await cameras.create_camera(conn, city, f"bench-{name}", "rtsp://x/y", agent)
+            for name in ("warmup", "window", "batched", "drain", "online")
+        }
+    user, password = await broker.create_agent_user(agent, city)
+    return Site(city, agent, cams, agent_amqp_url(amqp_url, user, password), user)
+
+
+async def queue_stats(mgmt: httpx.AsyncClient) -> dict[str, Any]:
+    resp = await mgmt.get(f"/api/queues/%2F/{PLATES_QUEUE.name}")
+    resp.raise_for_status()
+    stats: dict[str, Any] = resp.json()
+    return stats
+
+
+async def wait_consumers(mgmt: httpx.AsyncClient, ingest_alive: Callable[[], bool]) -> None:
+    """Until central's ingest consumes the plates queue (it declares the topology first)."""
+    for _ in range(600):
+        if not ingest_alive():
+            raise RuntimeError("central ingest exited")
+        with contextlib.suppress(httpx.HTTPError):
+            resp = await mgmt.get(f"/api/queues/%2F/{PLATES_QUEUE.name}")
+            if resp.status_code == 200 and resp.json().get("consumers", 0) >= 1:
+                return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("central ingest did not start consuming in 60 s")
+
+
+# --- Phases ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    reads: int
+    quick: bool
+    figures: dict[str, Any] = field(default_factory=dict)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+async def publish_bare(site: Site, reads: list[PlateRead], *, batched: bool) -> tuple[float, float]:
+    """A bare aio-pika publisher, confirms on, WINDOW publishes in flight, as the agent's user.
+
+    ``batched``: the relay's shape (publish WINDOW, wait for every confirm, repeat); else a
+    sliding window (a new publish as soon as any confirm arrives). Returns (start, confirmed)
+    monotonic times; bodies are encoded before the clock starts.
+    """
+    key = routing_key("plate_read", site.city, site.agent)
+    items = [(wire_body(r), f"plate_read:{r.read_id}") for r in reads]
+    conn = await aio_pika.connect(site.amqp_url)
+    async with conn:
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await find_events_exchange(channel)
+
+        async def publish(body: bytes, message_id: str) -> None:
+            await exchange.publish(
+                aio_pika.Message(
+                    body,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=message_id,
+                    user_id=site.user,
+                ),
+                routing_key=key,
+                timeout=PUBLISH_TIMEOUT_S,
+            )
+
+        t0 = time.monotonic()
+        if batched:
+            for i in range(0, len(items), WINDOW):
+                await asyncio.gather(*(publish(b, m) for b, m in items[i : i + WINDOW]))
+        else:
+            it: Iterator[tuple[bytes, str]] = iter(items)
+
+            async def worker() -> None:
+                for body, message_id in it:  # one shared iterator: WINDOW workers drain it
+                    await publish(body, message_id)
+
+            await asyncio.gather(*(worker() for _ in range(WINDOW)))
+        return t0, time.monotonic()
+
+
+async def run_baseline(
+    name: str, site: Site, pool: asyncpg.Pool, meter: CpuMeter, n: int, res: Results
+) -> float:
+    reads = make_reads(site.agent, site.cameras[name], n)
+    cpu0 = meter.snapshot()
+    t0, t_conf = await publish_bare(site, reads, batched=name == "batched")
+    t_pg = await wait_in_pg(pool, site.cameras[name], reads[-1].read_id, n, max(120.0, n / 100))
+    cpu1 = meter.snapshot()
+    rate = n / (t_pg - t0)
+    shape = "batches of" if name == "batched" else "sliding window of"
+    print(
+        f"baseline ({shape} {WINDOW}): {n} msgs confirmed in {t_conf - t0:.2f} s "
+        f"({n / (t_conf - t0):.0f}/s), all in PostgreSQL after {t_pg - t0:.2f} s: "
+        f"{rate:.0f} msgs/s",
+        flush=True,
+    )
+    print("  " + _cpu_line(cpu0, cpu1, t_pg - t0, n), flush=True)
+    res.cpu[f"baseline_{name}"] = _cpu_delta(cpu0, cpu1)
+    return rate
+
+
+async def fill_backlog(store: Store, site: Site, n: int) -> tuple[list[PlateRead], float]:
+    reads = make_reads(site.agent, site.cameras["drain"], n)
+    t0 = time.perf_counter()
+    for i in range(0, n, INSERT_BATCH):
+        added = await store.add_plate_reads(reads[i : i + INSERT_BATCH])
+        if added != len(reads[i : i + INSERT_BATCH]):
+            raise RuntimeError(f"add_plate_reads added {added} of a fresh batch")
+    elapsed = time.perf_counter() - t0
+    rate = n / elapsed
+    print(
+        f"SQLite: {n} reads inserted with add_plate_reads in batches of {INSERT_BATCH} in "
+        f"{elapsed:.2f} s: {rate:.0f} reads/s",
+        flush=True,
+    )
+    return reads, rate
+
+
+def _task_check(task: asyncio.Task[None]) -> Callable[[], None]:
+    def check() -> None:
+        if task.done():
+            task.result()  # surfaces the relay's crash
+            raise RuntimeError("the relay stopped")
+
+    return check
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def run_drain(
+    config: AgentConfig,
+    store: TimedStore,
+    site: Site,
+    pool: asyncpg.Pool,
+    meter: CpuMeter,
+    reads: list[PlateRead],
+    res: Results,
+) -> float:
+    n = len(reads)
+    camera = site.cameras["drain"]
+    store.reset()
+    relay = Relay(config, store)
+    cpu0 = meter.snapshot()
+    t0 = time.monotonic()
+    task = asyncio.create_task(relay.run(), name="relay")
+    sent_at: list[float] = []
+
+    async def watch_sent() -> None:
+        # relay.sent is a plain counter: nothing to wait on but the clock.
+        while True:
+            if relay.sent >= n:
+                sent_at.append(time.monotonic())
+                return
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch_sent())
+    try:
+        t_pg = await wait_in_pg(
+            pool, camera, reads[-1].read_id, n, max(180.0, n / 50), _task_check(task)
+        )
+        cpu1 = meter.snapshot()
+    finally:
+        watcher.cancel()
+        await _stop(task)
+    wall = t_pg - t0
+    rate = n / wall
+    t_sent = sent_at[0] - t0 if sent_at else float("nan")
+    publish_s = wall if not sent_at else t_sent
+    other = publish_s - store.pending_s - store.mark_s
+    print(
+        f"relay drain: {n} reads from SQLite all in PostgreSQL after {wall:.2f} s: "
+        f"{rate:.0f} reads/s end to end (relay marked the last sent at {t_sent:.2f} s)",
+        flush=True,
+    )
+    print(
+        f"  relay wall time until the last mark: {store.rounds} rounds of <= {BATCH_ROWS}; "
+        f"pending() {store.pending_s:.2f} s, mark_sent_many() {store.mark_s:.2f} s, "
+        f"publish+confirm and the rest {other:.2f} s "
+        f"({other / max(store.rounds, 1) * 1000:.0f} ms/round)",
+        flush=True,
+    )
+    print("  " + _cpu_line(cpu0, cpu1, wall, n), flush=True)
+    res.cpu["drain"] = _cpu_delta(cpu0, cpu1)
+    res.figures |= {
+        "drain_relay_last_mark_s": round(t_sent, 3),
+        "drain_pending_s": round(store.pending_s, 3),
+        "drain_mark_sent_s": round(store.mark_s, 3),
+        "drain_publish_and_rest_s": round(other, 3),
+        "drain_rounds": store.rounds,
+    }
+
+    # 0 lost, 0 duplicated: every read_id exactly once.
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id FROM lpr_events WHERE camera_id = $1", camera)
+    got = [r["id"] for r in rows]
+    ids = set(got)
+    expected = {r.read_id for r in reads}
+    lost = len(expected - ids)
+    duplicated = len(got) - len(ids)
+    unexpected = len(ids - expected)
+    # Re-running the relay over rows already sent must publish nothing.
+    again = Relay(config, store)
+    try:
+        resent = await again.run_once()
+    finally:
+        await again.close()
+    left = await store.pending(limit=10)
+    await asyncio.sleep(1.0)  # anything re-sent would land within this
+    async with pool.acquire() as conn:
+        after: int = await conn.fetchval(
+            "SELECT count(*) FROM lpr_events WHERE camera_id = $1", camera
+        )
+    duplicated += resent + (after - len(got))
+    print(
+        f"  check: {len(got)} rows for {n} reads, {len(ids)} distinct, lost {lost}, "
+        f"duplicated {duplicated}, unexpected {unexpected}; re-run of the relay sent {resent}, "
+        f"outbox pending {len(left)}",
+        flush=True,
+    )
+    res.figures |= {"lost": lost, "duplicated": duplicated, "unexpected": unexpected}
+    if left:
+        res.figures["lost"] += len(left)
+    return rate
+
+
+async def run_online(
+    config: AgentConfig,
+    store: TimedStore,
+    site: Site,
+    pool: asyncpg.Pool,
+    meter: CpuMeter,
+    rate: float,
+    seconds: float,
+    res: Results,
+) -> list[float]:
+    camera = site.cameras["online"]
+    relay = Relay(config, store)
+    task = asyncio.create_task(relay.run(), name="relay-online")
+    check = _task_check(task)
+    try:
+        # One read through first: the relay's connection is up and the outbox is empty.
+        (warm,) = make_reads(site.agent, camera, 1)
+        await store.add_plate_reads([warm])
+        await wait_in_pg(pool, camera, warm.read_id, 1, 30.0, check)
+        if await store.pending(limit=1):
+            raise RuntimeError("the outbox is not empty before the online phase")
+        total = round(rate * seconds)
+        written: dict[UUID, float] = {}
+        arrived: dict[UUID, float] = {}
+        outstanding: set[UUID] = set()
+        write_s: list[float] = []
+        writing = True
+
+        async def poll() -> None:
+            async with pool.acquire() as conn:
+                while writing or outstanding:
+                    if outstanding:
+                        # The poll's start: a row it returns was committed before its snapshot.
+                        t = time.monotonic()
+                        rows = await conn.fetch(
+                            "SELECT id FROM lpr_events WHERE id = ANY($1::uuid[])",
+                            list(outstanding),
+                        )
+                        for r in rows:
+                            arrived[r["id"]] = t
+                            outstanding.discard(r["id"])
+                    await asyncio.sleep(POLL_S)
+
+        cpu0 = meter.snapshot()
+        poller = asyncio.create_task(poll())
+        t0 = time.monotonic()
+        try:
+            for i in range(total):
+                # Absolute schedule: a slow write does not slow the rate down for good.
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                check()
+                wall_ms = time.time_ns() // 1_000_000
+                t = time.monotonic()
+                read = PlateRead(
+                    read_id=uuid.uuid4(),
+                    agent_id=site.agent,
+                    camera_id=camera,
+                    plate=_plate(i),
+                    confidence=0.91,
+                    seen_ms=wall_ms,
+                )
+                written[read.read_id] = t
+                outstanding.add(read.read_id)
+                await store.add_plate_reads([read])
+                write_s.append(time.monotonic() - t)
+            t_written = time.monotonic()
+            writing = False
+            await asyncio.wait_for(poller, 60.0)
+        finally:
+            writing = False
+            poller.cancel()
+        t_end = time.monotonic()
+        cpu1 = meter.snapshot()
+    finally:
+        await _stop(task)
+    lat = sorted((arrived[i] - t) * 1000 for i, t in written.items() if i in arrived)
+    lost = total - len(lat)
+    achieved = total / (t_written - t0)
+    write_s.sort()
+    print(
+        f"online: {total} reads written one per transaction at {achieved:.1f}/s for "
+        f"{t_written - t0:.1f} s (SQLite write p50 {percentile(write_s, 50) * 1000:.1f} ms, "
+        f"p99 {percentile(write_s, 99) * 1000:.1f} ms); {len(lat)} arrived, lost {lost}",
+        flush=True,
+    )
+    print(
+        f"  latency write -> PostgreSQL (poll every {POLL_S * 1000:.0f} ms): "
+        f"p50 {percentile(lat, 50):.0f} ms, p95 {percentile(lat, 95):.0f} ms, "
+        f"p99 {percentile(lat, 99):.0f} ms, max {lat[-1] if lat else float('nan'):.0f} ms",
+        flush=True,
+    )
+    print("  " + _cpu_line(cpu0, cpu1, t_end - t0, max(total, 1)), flush=True)
+    res.cpu["online"] = _cpu_delta(cpu0, cpu1)
+    res.figures |= {
+        "online_written": total,
+        "online_achieved_rate": round(achieved, 1),
+        "online_lost": lost,
+        "online_sqlite_write_p50_ms": round(percentile(write_s, 50) * 1000, 2),
+        "online_sqlite_write_p99_ms": round(percentile(write_s, 99) * 1000, 2),
+        "latency_max_ms": round(lat[-1], 1) if lat else None,
+    }
+    return lat
+
+
+async def broker_counts(mgmt: httpx.AsyncClient, expected: int) -> dict[str, int | None]:
+    """Messages routed to and redelivered from the plates queue, from the broker's statistics.
+
+    The management plugin samples every 5 s: wait until the published count settles.
+    """
+    last: int | None = None
+    stats: dict[str, Any] = {}
+    for _ in range(25):
+        stats = (await queue_stats(mgmt)).get("message_stats", {})
+        now = stats.get("publish")
+        if now is not None and now >= expected and now == last:
+            break
+        last = now
+        await asyncio.sleep(1.0 if now is None or now < expected else 5.5)
+    return {
+        "broker_published": stats.get("publish"),
+        "broker_redelivered": stats.get("redeliver"),
+    }
+
+
+async def bench(
+    args: argparse.Namespace,
+    stack: Stack,
+    env: dict[str, str],
+    state: Path,
+    meter: CpuMeter,
+    ingest_alive: Callable[[], bool],
+) -> Results:
+    res = Results(args.reads, args.quick)
+    mq = stack.service("rabbitmq")
+    assert mq is not None
+    mgmt_plain = urlsplit(mq.info["management_url"])
+    user, password = quote(mq.info["user"], safe=""), quote(mq.info["password"], safe="")
+    mgmt_url = f"http://{user}:{password}@{mgmt_plain.netloc}"
+    pool = await create_pool(env["DATABASE_URL"], max_size=4)
+    broker = BrokerAdmin(mgmt_url)
+    mgmt = httpx.AsyncClient(
+        base_url=f"http://{mgmt_plain.netloc}",
+        auth=(mq.info["user"], mq.info["password"]),
+        timeout=10,
+    )
+    store = TimedStore(state / "agent" / "agent.sqlite3")
+    try:
+        await wait_consumers(mgmt, ingest_alive)
+        site = await make_site(pool, broker, env["AMQP_URL"])
+        config = AgentConfig(
+            agent_id=site.agent,
+            city_id=site.city,
+            data_dir=state / "agent",
+            central=CentralConfig(
+                # The relay calls the API only to upload blobs; plate reads have none.
+                api_url="http://127.0.0.1:9/",
+                amqp_url=SecretStr(site.amqp_url),
+                token=SecretStr("unused"),
+            ),
+        )
+        await store.open()
+        n = args.reads
+
+        reads, sqlite_rate = await fill_backlog(store, site, n)
+        res.figures["sqlite_insert_per_s"] = round(sqlite_rate)
+
+        # Warm-up through the same path, not timed: connections, JIT, caches, the first pages.
+        warm = make_reads(site.agent, site.cameras["warmup"], WARMUP_READS)
+        await publish_bare(site, warm, batched=False)
+        await wait_in_pg(pool, site.cameras["warmup"], warm[-1].read_id, WARMUP_READS, 60.0)
+        print(f"warm-up: {WARMUP_READS} messages through broker and consumer", flush=True)
+
+        window = await run_baseline("window", site, pool, meter, n, res)
+        batched = await run_baseline("batched", site, pool, meter, n, res)
+        e2e = await run_drain(config, store, site, pool, meter, reads, res)
+        lat = await run_online(config, store, site, pool, meter, args.rate, args.seconds, res)
+
+        expected = WARMUP_READS + 3 * n + 1 + res.figures["online_written"]
+        counts = await broker_counts(mgmt, expected)
+        extra = (
+            None if counts["broker_published"] is None else counts["broker_published"] - expected
+        )
+        print(
+            f"broker: {counts['broker_published']} messages routed to {PLATES_QUEUE.name} for "
+            f"{expected} sent ({extra} extra), {counts['broker_redelivered']} redelivered",
+            flush=True,
+        )
+        res.figures |= {
+            "e2e_reads_per_s": round(e2e),
+            "baseline_msgs_per_s": round(window),
+            "ratio_vs_baseline": round(e2e / window, 3),
+            "drain_vs_live_rate": round(e2e / args.rate, 1),
+            "latency_p50_ms": round(percentile(lat, 50), 1),
+            "latency_p95_ms": round(percentile(lat, 95), 1),
+            "latency_p99_ms": round(percentile(lat, 99), 1),
+            "baseline_batched_msgs_per_s": round(batched),
+            "ratio_vs_batched_baseline": round(e2e / batched, 3),
+            "broker_extra_publishes": extra,
+            "broker_redelivered": counts["broker_redelivered"],
+        }
+        res.figures["lost"] += res.figures["online_lost"]
+    finally:
+        await store.close()
+        await mgmt.aclose()
+        await broker.aclose()
+        await pool.close()
+    return res
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="20k reads, 15 s online")
+    ap.add_argument("--reads", type=int, help="backlog size (default 100000, quick 20000)")
+    ap.add_argument("--rate", type=float, default=100.0, help="online write rate, reads/s")
+    ap.add_argument("--seconds", type=float, help="online phase length (default 60, quick 15)")
+    args = ap.parse_args(argv)
+    args.reads = args.reads or (20_000 if args.quick else 100_000)
+    args.seconds = args.seconds or (15.0 if args.quick else 60.0)
+    if args.reads < 1 or args.rate <= 0 or args.seconds <= 0:
+        ap.error("need --reads >= 1, --rate > 0, --seconds > 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    state = Path(tempfile.mkdtemp(prefix="gtv-bench-sync-"))
+    os.chmod(state, 0o755)  # noqa: S103 - postgres must traverse it to its data dir; nothing secret
+    # Production durability: PostgreSQL fsyncs its commits as it would in the field.
+    stack = Stack(state, StackOptions(pg_fsync=True, redis_persist=False))
+    load_start = os.getloadavg()[0]
+    t0 = time.monotonic()
+    try:
+        stack.up(SERVICES, ports=Ports.free())
+        env = stack.env()
+        load = os.getloadavg()
+        print(
+            f"services up in {time.monotonic() - t0:.1f} s (state {state}); "
+            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores",
+            flush=True,
+        )
+        migrate.upgrade(env["DATABASE_URL"])
+        # Central's ingest as its own process, as deployed: its CPU is its own, not this
+        # process's (the two still share the machine's cores).
+        ingest_log = state / "logs" / "ingest.log"
+        # The ingest never signs anything, but Settings demands a key of 32+ characters.
+        ingest_env = dict(env) | {"GTVISION_SECRET_KEY": secrets.token_urlsafe(32)}
+        ingest = start_process(
+            [Path(sys.executable).parent / "gtvision-central", "ingest"],
+            ingest_log,
+            env=ingest_env,
+        )
+        # Recorded in the stack so that down() stops it (first) by its PID.
+        stack.record(RunningService("central-ingest", [ProcRef.of(ingest.pid)], "", ingest_log))
+        svcs = stack.services()
+        meter = CpuMeter(
+            {
+                "ingest": [ingest.pid],
+                "rabbitmq": svcs["rabbitmq"].pids,
+                "postgres": svcs["postgres"].pids,
+            }
+        )
+        try:
+            res = asyncio.run(bench(args, stack, env, state, meter, lambda: ingest.poll() is None))
+        except Exception:
+            print("ingest log tail:\n" + tail(ingest_log), file=sys.stderr)
+            raise
+    finally:
+        stack.down()
+        shutil.rmtree(state, ignore_errors=True)
+
+    f = res.figures
+    print(
+        f"end to end {f['e2e_reads_per_s']} reads/s (target >= 3000) = "
+        f"{f['ratio_vs_baseline']:.2f} x bare publisher ({f['baseline_msgs_per_s']}/s; "
+        f"{f['ratio_vs_batched_baseline']:.2f} x the batched one); lost {f['lost']}, "
+        f"duplicated {f['duplicated']}; drain {f['drain_vs_live_rate']} x live rate "
+        f"(target >= 10); online p99 {f['latency_p99_ms']} ms (target < 250)",
+        flush=True,
+    )
+    result: dict[str, Any] = (
+        {
+            "bench": "sync",
+            "reads": res.reads,
+            "sqlite_insert_per_s": f["sqlite_insert_per_s"],
+            "e2e_reads_per_s": f["e2e_reads_per_s"],
+            "baseline_msgs_per_s": f["baseline_msgs_per_s"],
+            "ratio_vs_baseline": f["ratio_vs_baseline"],
+            "lost": f["lost"],
+            "duplicated": f["duplicated"],
+            "drain_vs_live_rate": f["drain_vs_live_rate"],
+            "online_rate": args.rate,
+            "latency_p50_ms": f["latency_p50_ms"],
+            "latency_p95_ms": f["latency_p95_ms"],
+            "latency_p99_ms": f["latency_p99_ms"],
+            "quick": args.quick,
+        }
+        | {k: v for k, v in f.items() if k not in ("lost", "duplicated")}
+        | {"cpu_s": res.cpu}
+        # The machine is shared: how busy it was before we started (other users' load).
+        | {"loadavg_1m_start": round(load_start, 2)}
+    )
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
