@@ -21,7 +21,7 @@ SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 
 @pytest.mark.timeout(300)
 async def test_no_input_causes_a_server_error(
-    central_api: CentralProcess, db_pool: asyncpg.Pool
+    central_api: CentralProcess, db_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     await world(db_pool)  # data to find: two cities, their cameras and agents
     headers = await central_api.login("admin@example.com", PASSWORD)
@@ -31,6 +31,7 @@ async def test_no_input_causes_a_server_error(
         "--max-examples", "25", "--seed", "20261129",
         "-H", headers["Authorization"].join(("Authorization: ", "")),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,  # it keeps a cache folder in the working directory
     )  # fmt: skip
     out, _ = await proc.communicate()
     report = out.decode(errors="replace")
