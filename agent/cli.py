@@ -152,6 +152,62 @@ def print_agent_status(status: dict[str, Any] | None, path: Path) -> None:
         if reload.get("restart_required"):
             keys = ", ".join(reload["restart_required"])
             print(f"  changed keys waiting for a restart: {keys}")
+    print_storage_status(status.get("storage"))
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "?"
+    if abs(n) < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if abs(n) < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} TiB"
+
+
+def print_storage_status(storage: dict[str, Any] | None) -> None:
+    """The disk budget, the spool's usage and the retention it buys (agent/eviction.py)."""
+    if not storage:
+        return
+    limits = []
+    if storage.get("max_bytes") is not None:
+        limits.append(f"at most {_size(storage['max_bytes'])} of video")
+    if storage.get("min_free_bytes") is not None:
+        limits.append(f"keep {_size(storage['min_free_bytes'])} free")
+    every = storage.get("check_seconds")
+    print(f"disk budget: {', '.join(limits) or 'none'} (checked every {every} s)")
+    check = storage.get("last_check")
+    if storage.get("last_error"):
+        print(f"  last check FAILED: {storage['last_error']}")
+    if not check:
+        print("  not checked yet")
+        return
+    print(
+        f"  spool: {_size(check['used_bytes'])} in {check['segments']} segment(s); "
+        f"{_size(check['free_bytes'])} free on its filesystem; "
+        f"the budget holds {_size(check['capacity_bytes'])}"
+    )
+    rate, days = check.get("bytes_per_day"), check.get("retention_days")
+    if rate is None:
+        print("  retention: not enough recording yet to measure the bitrate")
+    else:
+        print(
+            f"  recording {_size(rate)}/day (last hours): the budget holds about "
+            f"{days:.1f} day(s) of video"
+        )
+    oldest = check.get("oldest_segment_ms")
+    if oldest is not None:
+        held = max(0.0, (check["checked_ms"] - oldest) / 86_400_000)
+        since = datetime.fromtimestamp(oldest / 1000).isoformat(timespec="seconds")
+        print(f"  oldest segment held: {since} ({held:.1f} day(s) ago)")
+    if check.get("evicted_segments"):
+        print(
+            f"  evicted so far: {check['evicted_segments']} segment(s), "
+            f"{_size(check['evicted_bytes'])}; {check['evicted_unsynced']} of them never "
+            "synced (reported to central as losses)"
+        )
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:

@@ -77,6 +77,39 @@ class CameraConfig(Strict):
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+GIB = 1024**3
+MIB = 1024**2
+
+
+class StorageConfig(Strict):
+    """The disk budget of the spool (docs/design/segments.md step 7)."""
+
+    max_bytes: int | None = Field(
+        None,
+        ge=MIB,
+        description="Most bytes of video segments the spool may hold (their registered sizes). "
+        "Beyond it the oldest segments are evicted: those already synced first, unsynced ones "
+        "only when no synced one is left (each reported to central as a loss). Unset: no cap "
+        "of its own, only min_free_bytes applies.",
+    )
+    min_free_bytes: int | None = Field(
+        2 * GIB,
+        ge=0,
+        description="Free space to keep on the spool's filesystem, for the store (plate reads "
+        "are never evicted), the segment being written and the system. Video is evicted, in "
+        "the same order, to keep it. Unset: free space is not checked.",
+    )
+    check_seconds: int = Field(
+        10, ge=1, le=3600, description="How often the budget is checked (cheap: no disk walk)."
+    )
+
+    @model_validator(mode="after")
+    def _some_budget(self) -> StorageConfig:
+        if self.max_bytes is None and self.min_free_bytes is None:
+            raise ValueError("set max_bytes or min_free_bytes (or both): the disk would fill")
+        return self
+
+
 class CentralConfig(Strict):
     api_url: str = Field(description="Central HTTP API base URL, e.g. https://central.example/")
     amqp_url: SecretStr = Field(description="RabbitMQ URL with this agent's credentials.")
@@ -88,6 +121,9 @@ class AgentConfig(Strict):
     city_id: UUID = Field(description="The city this agent serves (cidades.id).")
     data_dir: Path = Field(description="Spool directory: SQLite store and segments.")
     central: CentralConfig = Field(description="How to reach central.")
+    storage: StorageConfig = Field(
+        StorageConfig(), description="Disk budget of the spool; applied live on reload."
+    )
     cameras: dict[CameraKey, CameraConfig] = Field(
         default_factory=dict,
         description="Cameras by short name (lower case, digits, '_' or '-'): the name is used "

@@ -36,7 +36,7 @@ BATCH_ROWS = 500
 BLOB_ROWS_PER_ROUND = 4
 CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg"}
 # Outbox kinds whose payload is the whole wire message (no blob to upload first).
-MESSAGE_ONLY_KINDS = frozenset({"plate_read"})
+MESSAGE_ONLY_KINDS = frozenset({"plate_read", "loss_event"})
 HEARTBEAT_INTERVAL_S = 10.0
 UPLOAD_TIMEOUT_S = 120.0
 # Short heartbeats: a half-open link is noticed in seconds, not the default minutes.
@@ -93,9 +93,9 @@ class Relay:
     async def run_once(self) -> int:
         """Send one batch of pending rows in priority order; returns how many were acked.
 
-        Rows whose message is all there is (plate reads) go out together, many publishes in
-        flight at once, and are marked sent in one transaction; rows with a blob (segments) go
-        one at a time, upload first.
+        Rows whose message is all there is (plate reads, loss events) go out together, many
+        publishes in flight at once, and are marked sent in one transaction; rows with a blob
+        (segments) go one at a time, upload first.
         """
         rows = await self.store.pending(limit=BATCH_ROWS)
         if not rows:
@@ -140,7 +140,7 @@ class Relay:
                 # failed disk). Record the loss and move on; retrying would block the queue.
                 reason = f"file missing at upload: {exc.filename}"
                 if row.kind == "segment":
-                    await self.store.mark_lost(row.ref_id, reason, _now_ms())
+                    await self.store.mark_lost(row.ref_id, reason, _now_ms(), "file_missing")
                 else:
                     await self.store.drop_row(row.id, reason)
                 log.error("%s=%s %s; not sent", row.kind, row.ref_id, reason)

@@ -3,12 +3,14 @@
 Every task runs in one TaskGroup, so an unexpected error in any of them stops the agent (and
 systemd restarts it). ``Agent.apply`` takes a new config while running: it starts added
 cameras, stops removed or disabled ones, restarts only the cameras whose settings changed and
-leaves the others alone (same task, same ffmpeg). Top-level keys (agent id, city, data
-directory, how to reach central) are not applied live: the agent keeps the values it started
-with and says which keys wait for a restart.
+leaves the others alone (same task, same ffmpeg). The disk budget (``storage``) applies at the
+evictor's next check. Other top-level keys (agent id, city, data directory, how to reach
+central) are not applied live: the agent keeps the values it started with and says which keys
+wait for a restart.
 
-The agent writes its state (cameras, last config reload) to ``data_dir/status.json`` every
-few seconds, so ``gtvision-agent status`` can show it without talking to the process.
+The agent writes its state (cameras, last config reload, disk budget and usage) to
+``data_dir/status.json`` every few seconds, so ``gtvision-agent status`` can show it without
+talking to the process.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.config import AgentConfig, CameraConfig, redact_url
+from agent.eviction import Budget, Evictor
 from agent.relay import Relay
 from agent.reload import ConfigReloader, ReloadResult
 from agent.segmenter import CameraRecorder
@@ -65,10 +68,15 @@ def changed_fields(old: BaseModel, new: BaseModel, prefix: str = "") -> list[str
     return keys
 
 
+LIVE_KEYS = ("cameras", "storage")  # applied while running; the rest wait for a restart
+
+
 def restart_required_keys(running: AgentConfig, new: AgentConfig) -> list[str]:
     """Top-level settings that differ and can only take effect when the agent restarts."""
     return [
-        k for k in changed_fields(running, new) if k != "cameras" and not k.startswith("cameras.")
+        k
+        for k in changed_fields(running, new)
+        if not any(k == live or k.startswith(f"{live}.") for live in LIVE_KEYS)
     ]
 
 
@@ -99,11 +107,12 @@ class Agent:
     """
 
     def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
-        self.config = config  # as running: live cameras, top-level keys as started
+        self.config = config  # as running: live cameras and budget, other keys as started
         self.config_path = config_path
-        self.store = Store(config.data_dir / "agent.sqlite3")
+        self.store = Store(config.data_dir / "agent.sqlite3", config.agent_id)
         self.spool = config.data_dir / "segments"
         self.relay = Relay(config, self.store)
+        self.evictor = Evictor(self.store, self.spool, self._budget)
         self.recorders: dict[str, CameraRecorder] = {}
         self.restart_required: tuple[str, ...] = ()
         self.reloader = (
@@ -137,6 +146,7 @@ class Agent:
                 self.started_at = time.time()
                 self.state = "running"
                 self._spawn(self.relay.run(), "relay")
+                self._spawn(self.evictor.run(), "evictor")
                 for key, camera in self.config.cameras.items():
                     if camera.enabled:
                         self._start_recorder(key, camera)
@@ -164,6 +174,9 @@ class Agent:
             self.write_status()
             await self.store.close()
             log.info("agent %s stopped", self.config.agent_id)
+
+    def _budget(self) -> Budget:
+        return Budget.of(self.config.storage)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         if self._tg is None or self.state != "running":
@@ -213,7 +226,11 @@ class Agent:
             for key in restarted:
                 fields = ", ".join(changed_fields(running[key], wanted[key]))
                 log.info("camera=%s changed (%s): restarting its recorder", key, fields)
-            self.config = self.config.model_copy(update={"cameras": dict(new.cameras)})
+            if new.storage != self.config.storage:
+                log.info("disk budget changed: applied at the next check")
+            self.config = self.config.model_copy(
+                update={"cameras": dict(new.cameras), "storage": new.storage}
+            )
             self.restart_required = tuple(restart_keys)
             await asyncio.gather(*(self._stop_recorder(k) for k in [*stopped, *restarted]))
             for key in [*restarted, *started]:
@@ -299,6 +316,18 @@ class Agent:
                 "sent": self.relay.sent,
                 "last_error": redact_url(self.relay.last_error) if self.relay.last_error else None,
             },
+            "storage": self.storage_status(),
+        }
+
+    def storage_status(self) -> dict[str, Any]:
+        """The disk budget as configured and the evictor's last measurement of it."""
+        cfg = self.config.storage
+        return {
+            "max_bytes": cfg.max_bytes,
+            "min_free_bytes": cfg.min_free_bytes,
+            "check_seconds": cfg.check_seconds,
+            "last_check": self.evictor.last_check,
+            "last_error": self.evictor.last_error,
         }
 
     def write_status(self) -> None:

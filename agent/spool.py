@@ -6,7 +6,7 @@ holding the spool id that the store also records.
 
 ``reconcile`` runs once at agent start, before any recorder, and restores the invariants:
 
-- I1: every segments row has its file (or a recorded loss);
+- I1: every segments row has its file (or a recorded loss, or a recorded eviction);
 - I2: every complete file in the spool has a row (or is quarantined);
 - I3: a file is registered as at most one segment_id.
 
@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
 
+from agent.eviction import unlink_files
 from agent.media import InvalidSegment, ProbeResult, fsync_dir, hash_and_sync, probe
 from agent.store import Segment, SegmentFile, Store
+from shared.messages import LossReason
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class RecoveryReport:
     missing_unsent: int = 0  # of those, never acknowledged by central
     removed_dirs: list[Path] = field(default_factory=list)
     forgotten_runs: int = 0
+    # Evicted rows whose unlink was not recorded (a crash inside step 7): finished, not lost.
+    evictions_finished: int = 0
 
     def counts(self) -> dict[str, int]:
         return {
@@ -102,6 +106,7 @@ class RecoveryReport:
             "missing_unsent": self.missing_unsent,
             "removed_dirs": len(self.removed_dirs),
             "forgotten_runs": self.forgotten_runs,
+            "evictions_finished": self.evictions_finished,
         }
 
     @property
@@ -115,6 +120,7 @@ class RecoveryReport:
         self.missing_unsent += other.missing_unsent
         self.removed_dirs += other.removed_dirs
         self.forgotten_runs += other.forgotten_runs
+        self.evictions_finished += other.evictions_finished
 
 
 async def reconcile(
@@ -132,6 +138,7 @@ async def reconcile(
     await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
     await _check_marker(store, spool, adopt_spool)  # R1
     report = RecoveryReport()
+    await _finish_evictions(store, clock_ms, report)  # R2, evicted rows
     await _rows_without_files(store, spool, clock_ms, report)  # R2
     for camera_dir in await asyncio.to_thread(_camera_dirs, spool):  # R3, R4
         for rd in await asyncio.to_thread(_run_dirs, camera_dir):
@@ -231,11 +238,25 @@ async def _recovered_start(
     return mtime_ms - info.duration_ms, "its mtime minus its duration"
 
 
+async def _finish_evictions(
+    store: Store, clock_ms: Callable[[], int], report: RecoveryReport
+) -> None:
+    """An evicted row is not a loss: step 7 recorded it before the unlink. If the agent died
+    between that commit and the unlink (or its record), the file may still be there: unlink
+    it now. Evicted rows whose unlink is recorded are never looked at again."""
+    while pending := await store.unlink_pending(PAGE):
+        await asyncio.to_thread(unlink_files, [p for _, p in pending])
+        await store.mark_unlinked([i for i, _ in pending], clock_ms())
+        report.evictions_finished += len(pending)
+        log.warning("spool: finished %d eviction(s) interrupted before the unlink", len(pending))
+
+
 async def _rows_without_files(
     store: Store, spool: Path, clock_ms: Callable[[], int], report: RecoveryReport
 ) -> None:
     """R2: a row whose file is gone (or changed size) is recorded as lost, and its upload is
-    dropped: the relay must never retry a file that cannot come back."""
+    dropped: the relay must never retry a file that cannot come back. If central never got
+    it, ``mark_lost`` queues a loss event (``file_missing`` or ``corrupt``)."""
     after = 0
     while page := await store.segment_files(after, PAGE):
         after = page[-1].rowid
@@ -244,7 +265,8 @@ async def _rows_without_files(
                 run_id = UUID(f.path.parent.name)
                 camera_key = f.path.parent.parent.name
                 await asyncio.to_thread(quarantine, spool, camera_key, run_id, f.path)
-            unsent = await store.mark_lost(f.segment_id, problem, clock_ms())
+            kind: LossReason = "file_missing" if problem == "file missing" else "corrupt"
+            unsent = await store.mark_lost(f.segment_id, problem, clock_ms(), kind)
             report.missing.append(f.path)
             report.missing_unsent += unsent
             log.error(

@@ -17,16 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import sqlite_utils
 
-from shared.messages import PlateRead
+from agent.eviction import Candidate, Eviction, coalesce_losses, plan_eviction
+from shared.messages import LossEvent, LossReason, PlateRead
 
 T = TypeVar("T")
 
 # Lower sends first: alerts and plate reads before status, before images, before video.
-PRIORITY = {"alert": 0, "plate_read": 10, "camera_status": 20, "thumbnail": 30, "segment": 40}
+PRIORITY = {
+    "alert": 0,
+    "plate_read": 10,
+    "loss_event": 15,
+    "camera_status": 20,
+    "thumbnail": 30,
+    "segment": 40,
+}
 
 # Each entry upgrades the schema by one version (PRAGMA user_version). Append only.
 MIGRATIONS: list[str] = [
@@ -94,6 +102,60 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX plate_reads_camera_seen ON plate_reads (camera_id, seen_ms);
     """,
+    # docs/design/segments.md step 7: eviction under the disk budget. A segment is *evicted*
+    # once the decision commits (evicted_ms) and *unlinked* once its file is gone (unlinked_ms).
+    # synced_ms mirrors its outbox row's sent_ms (trigger), so the eviction order is two
+    # partial-index scans. spool_usage holds the live rows' count and bytes (triggers), so a
+    # budget check reads one row instead of summing the table.
+    """
+    ALTER TABLE segments ADD COLUMN synced_ms INTEGER;
+    ALTER TABLE segments ADD COLUMN evicted_ms INTEGER;
+    ALTER TABLE segments ADD COLUMN evicted_reason TEXT;
+    ALTER TABLE segments ADD COLUMN unlinked_ms INTEGER;
+    UPDATE segments SET synced_ms = (SELECT o.sent_ms FROM outbox o
+        WHERE o.kind = 'segment' AND o.ref_id = segments.segment_id);
+    CREATE INDEX segments_evict_synced ON segments (start_ms)
+        WHERE lost_ms IS NULL AND evicted_ms IS NULL AND synced_ms IS NOT NULL;
+    CREATE INDEX segments_evict_unsynced ON segments (start_ms)
+        WHERE lost_ms IS NULL AND evicted_ms IS NULL AND synced_ms IS NULL;
+    CREATE INDEX segments_unlink_pending ON segments (evicted_ms)
+        WHERE evicted_ms IS NOT NULL AND unlinked_ms IS NULL;
+    CREATE INDEX segments_start_size ON segments (start_ms, size_bytes);
+    CREATE TRIGGER outbox_segment_synced AFTER UPDATE OF sent_ms ON outbox
+        WHEN NEW.kind = 'segment' AND NEW.sent_ms IS NOT NULL AND OLD.sent_ms IS NULL
+    BEGIN
+        UPDATE segments SET synced_ms = NEW.sent_ms WHERE segment_id = NEW.ref_id;
+    END;
+    CREATE TABLE spool_usage (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        live_segments INTEGER NOT NULL,
+        live_bytes INTEGER NOT NULL,
+        evicted_segments INTEGER NOT NULL DEFAULT 0,
+        evicted_bytes INTEGER NOT NULL DEFAULT 0,
+        evicted_unsynced INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO spool_usage (id, live_segments, live_bytes)
+        SELECT 1, count(*), coalesce(sum(size_bytes), 0) FROM segments WHERE lost_ms IS NULL;
+    CREATE TRIGGER segments_usage_insert AFTER INSERT ON segments
+        WHEN NEW.lost_ms IS NULL AND NEW.evicted_ms IS NULL
+    BEGIN
+        UPDATE spool_usage SET live_segments = live_segments + 1,
+            live_bytes = live_bytes + NEW.size_bytes;
+    END;
+    CREATE TRIGGER segments_usage_gone AFTER UPDATE OF lost_ms, evicted_ms ON segments
+        WHEN OLD.lost_ms IS NULL AND OLD.evicted_ms IS NULL
+            AND (NEW.lost_ms IS NOT NULL OR NEW.evicted_ms IS NOT NULL)
+    BEGIN
+        UPDATE spool_usage SET live_segments = live_segments - 1,
+            live_bytes = live_bytes - OLD.size_bytes;
+    END;
+    CREATE TRIGGER segments_usage_delete AFTER DELETE ON segments
+        WHEN OLD.lost_ms IS NULL AND OLD.evicted_ms IS NULL
+    BEGIN
+        UPDATE spool_usage SET live_segments = live_segments - 1,
+            live_bytes = live_bytes - OLD.size_bytes;
+    END;
+    """,
 ]
 
 TIME_SOURCES = ("live", "recovered")
@@ -127,6 +189,15 @@ class SegmentFile:
 
 
 @dataclass(frozen=True)
+class SpoolUsage:
+    live_segments: int
+    live_bytes: int
+    evicted_segments: int  # since the store was created
+    evicted_bytes: int
+    evicted_unsynced: int  # of those, never synced: recorded as losses
+
+
+@dataclass(frozen=True)
 class OutboxRow:
     id: int
     kind: str
@@ -151,18 +222,36 @@ def open_db(path: Path) -> sqlite_utils.Database:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         with db.atomic():
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(script):
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
     return db
 
 
-class Store:
-    """Async facade over the SQLite store; every call runs on the single writer thread."""
+def _statements(script: str) -> list[str]:
+    """A migration's statements, split on the ``;`` that end one (a trigger's body has more)."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip().strip(";").strip():
+                statements.append(pending)
+            pending = ""
+    if pending.strip().strip(";").strip():
+        raise ValueError(f"incomplete statement in a migration: {pending[:80]!r}")
+    return statements
 
-    def __init__(self, path: Path) -> None:
+
+class Store:
+    """Async facade over the SQLite store; every call runs on the single writer thread.
+
+    ``agent_id`` names the publisher in the loss events the store writes (``mark_lost``,
+    ``evict``); a store opened without one refuses to record a loss.
+    """
+
+    def __init__(self, path: Path, agent_id: UUID | None = None) -> None:
         self.path = path
+        self.agent_id = agent_id
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite_utils.Database | None = None
 
@@ -333,27 +422,31 @@ class Store:
         def query() -> list[SegmentFile]:
             rows = self.db.execute(
                 "SELECT rowid, segment_id, path, size_bytes FROM segments "
-                "WHERE lost_ms IS NULL AND rowid > ? ORDER BY rowid LIMIT ?",
+                "WHERE lost_ms IS NULL AND evicted_ms IS NULL AND rowid > ? "
+                "ORDER BY rowid LIMIT ?",
                 [after_rowid, limit],
             ).fetchall()
             return [SegmentFile(r[0], r[1], Path(r[2]), r[3]) for r in rows]
 
         return await self._run(query)
 
-    async def mark_lost(self, segment_id: str, reason: str, at_ms: int) -> bool:
+    async def mark_lost(
+        self, segment_id: str, reason: str, at_ms: int, kind: LossReason = "file_missing"
+    ) -> bool:
         """Record that a segment's file is gone, and stop its upload. One transaction.
 
         The row stays (its path stays reserved, so a file reappearing there is never registered
         again as another segment); its unsent outbox row is dropped so the relay never retries
-        a file that cannot come back. Returns True if that outbox row had not been sent, i.e.
-        central never received the segment. Idempotent.
+        a file that cannot come back, and a ``loss_event`` row (reason ``kind``) tells central.
+        Returns True if that outbox row had not been sent, i.e. central never received the
+        segment. Idempotent; an evicted segment is left alone (step 7 accounted for it).
         """
 
         def update() -> bool:
             with self.db.atomic():
                 self.db.execute(
                     "UPDATE segments SET lost_ms = ?, lost_reason = ? "
-                    "WHERE segment_id = ? AND lost_ms IS NULL",
+                    "WHERE segment_id = ? AND lost_ms IS NULL AND evicted_ms IS NULL",
                     [at_ms, reason[:500], segment_id],
                 )
                 cur = self.db.execute(
@@ -362,9 +455,200 @@ class Store:
                     "AND sent_ms IS NULL AND dropped_ms IS NULL",
                     [at_ms, f"segment lost: {reason}"[:500], segment_id],
                 )
-                return bool(cur.rowcount)
+                if not cur.rowcount:
+                    return False
+                rows = self._candidate_rows("s.segment_id = ?", [segment_id], "", 1)
+                if rows:
+                    group = [c for c in rows if c.segment_id == segment_id]
+                    self._insert_loss(self._loss_event(group, kind), at_ms)
+                return True
 
         return await self._run(update)
+
+    # --- docs/design/segments.md step 7: eviction under the disk budget ----------------------
+
+    def _loss_event(self, group: list[Candidate], reason: LossReason) -> LossEvent:
+        if self.agent_id is None:
+            raise RuntimeError("this store has no agent_id: it cannot record a loss for central")
+        return LossEvent(
+            loss_id=uuid4(),
+            agent_id=self.agent_id,
+            camera_id=UUID(group[0].camera_id),
+            start_ms=min(c.start_ms for c in group),
+            end_ms=max(c.end_ms for c in group),
+            segments=len(group),
+            size_bytes=sum(c.size_bytes for c in group),
+            reason=reason,
+        )
+
+    def _insert_loss(self, loss: LossEvent, now_ms: int) -> None:
+        """A loss_event outbox row whose payload is the wire message (writer thread, inside
+        the caller's transaction)."""
+        self.db.execute(
+            "INSERT INTO outbox (kind, priority, ref_id, payload, created_ms)"
+            " VALUES ('loss_event', ?, ?, ?, ?)",
+            [PRIORITY["loss_event"], str(loss.loss_id), loss.model_dump_json(), now_ms],
+        )
+
+    def _candidate_rows(
+        self, where: str, params: list[Any], order: str, limit: int, offset: int = 0
+    ) -> list[Candidate]:
+        # ``where`` and ``order`` are this class's literals; values are bound parameters.
+        sql = (
+            "SELECT s.segment_id, s.camera_id, s.run_id, s.seq, s.path, s.start_ms, "  # noqa: S608
+            "s.duration_ms, s.size_bytes, s.synced_ms IS NOT NULL FROM segments s "
+            f"WHERE {where} {order} LIMIT ? OFFSET ?"
+        )
+        rows = self.db.execute(sql, [*params, limit, offset]).fetchall()
+        return [Candidate(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8])) for r in rows]
+
+    def _oldest(self, synced: bool, need_bytes: int, limit: int) -> list[Candidate]:
+        """Live segments, synced or not, oldest first, until they hold ``need_bytes`` or
+        ``limit`` rows. Each query walks one partial index (segments_evict_*)."""
+        where = "s.lost_ms IS NULL AND s.evicted_ms IS NULL AND s.synced_ms IS " + (
+            "NOT NULL" if synced else "NULL"
+        )
+        found: list[Candidate] = []
+        held = 0
+        while held < need_bytes and len(found) < limit:
+            page = self._candidate_rows(
+                where, [], "ORDER BY s.start_ms, s.rowid", min(256, limit - len(found)), len(found)
+            )
+            found += page
+            held += sum(c.size_bytes for c in page)
+            if len(page) < 256:
+                break
+        return found
+
+    async def evict(
+        self, need_bytes: int, at_ms: int, max_segments: int = 1000, reason: str = "disk budget"
+    ) -> Eviction:
+        """Step 7's recorded step, in one transaction: choose segments holding at least
+        ``need_bytes`` (synced ones oldest first, then unsynced ones oldest first; at most
+        ``max_segments``), mark them evicted, drop the unsynced ones' outbox rows and queue one
+        ``loss_event`` per run of consecutive unsynced segments of a camera. The caller then
+        unlinks the files (``Eviction.paths``) and calls ``mark_unlinked``. Plate reads and
+        every other outbox row are never touched."""
+
+        def work() -> Eviction:
+            with self.db.atomic():
+                synced = self._oldest(True, need_bytes, max_segments)
+                short = need_bytes - sum(c.size_bytes for c in synced)
+                room = max_segments - len(synced)
+                unsynced = self._oldest(False, short, room) if short > 0 and room > 0 else []
+                chosen = plan_eviction(need_bytes, [*synced, *unsynced], max_segments)
+                self.db.conn.executemany(
+                    "UPDATE segments SET evicted_ms = ?, evicted_reason = ? "
+                    "WHERE segment_id = ? AND lost_ms IS NULL AND evicted_ms IS NULL",
+                    [(at_ms, reason, c.segment_id) for c in chosen],
+                )
+                lost = [c for c in chosen if not c.synced]
+                self.db.execute(
+                    "UPDATE spool_usage SET evicted_segments = evicted_segments + ?, "
+                    "evicted_bytes = evicted_bytes + ?, evicted_unsynced = evicted_unsynced + ?",
+                    [len(chosen), sum(c.size_bytes for c in chosen), len(lost)],
+                )
+                self.db.conn.executemany(
+                    "UPDATE outbox SET dropped_ms = ?, last_error = ? WHERE kind = 'segment' "
+                    "AND ref_id = ? AND sent_ms IS NULL AND dropped_ms IS NULL",
+                    [(at_ms, f"segment evicted unsynced: {reason}", c.segment_id) for c in lost],
+                )
+                losses = [self._loss_event(g, "disk_budget") for g in coalesce_losses(lost)]
+                for loss in losses:
+                    self._insert_loss(loss, at_ms)
+                finished = self._finished_runs({c.run_id for c in chosen})
+            return Eviction(tuple(chosen), tuple(losses), frozenset(finished))
+
+        return await self._run(work)
+
+    def _finished_runs(self, run_ids: set[str]) -> set[str]:
+        """Those of ``run_ids`` whose camera has started a newer run since: their ffmpeg is
+        gone, so an empty run directory can be removed."""
+        finished = set()
+        for run_id in run_ids:
+            if self.db.execute(
+                "SELECT 1 FROM runs r JOIN runs n ON n.camera_key = r.camera_key "
+                "AND n.started_ms > r.started_ms WHERE r.run_id = ? LIMIT 1",
+                [run_id],
+            ).fetchone():
+                finished.add(run_id)
+        return finished
+
+    async def unlink_pending(self, limit: int = 1000) -> list[tuple[str, Path]]:
+        """Evicted segments whose file may still exist (the unlink not yet recorded):
+        (segment_id, path), oldest eviction first."""
+
+        def query() -> list[tuple[str, Path]]:
+            rows = self.db.execute(
+                "SELECT segment_id, path FROM segments WHERE evicted_ms IS NOT NULL "
+                "AND unlinked_ms IS NULL ORDER BY evicted_ms LIMIT ?",
+                [limit],
+            ).fetchall()
+            return [(r[0], Path(r[1])) for r in rows]
+
+        return await self._run(query)
+
+    async def mark_unlinked(self, segment_ids: list[str], at_ms: int) -> None:
+        """Record that evicted segments' files are gone (after unlink and directory fsync)."""
+
+        def update() -> None:
+            with self.db.atomic():
+                self.db.conn.executemany(
+                    "UPDATE segments SET unlinked_ms = ? "
+                    "WHERE segment_id = ? AND evicted_ms IS NOT NULL AND unlinked_ms IS NULL",
+                    [(at_ms, i) for i in segment_ids],
+                )
+
+        if segment_ids:
+            await self._run(update)
+
+    async def spool_usage(self) -> SpoolUsage:
+        """What the spool must hold (segments neither lost nor evicted) and what eviction has
+        removed so far. One row, kept by triggers and ``evict``: cheap enough for every budget
+        check."""
+
+        def query() -> SpoolUsage:
+            row = self.db.execute(
+                "SELECT live_segments, live_bytes, evicted_segments, evicted_bytes, "
+                "evicted_unsynced FROM spool_usage WHERE id = 1"
+            ).fetchone()
+            return SpoolUsage(*(int(v) for v in row))
+
+        return await self._run(query)
+
+    async def recorded_since(self, since_ms: int) -> tuple[int, int, int | None]:
+        """(segments, bytes, earliest start_ms) recorded from ``since_ms`` on, whatever became
+        of them since: the measured bitrate for retention estimates."""
+
+        def query() -> tuple[int, int, int | None]:
+            row = self.db.execute(
+                "SELECT count(*), coalesce(sum(size_bytes), 0), min(start_ms) FROM segments "
+                "WHERE start_ms >= ?",
+                [since_ms],
+            ).fetchone()
+            return int(row[0]), int(row[1]), None if row[2] is None else int(row[2])
+
+        return await self._run(query)
+
+    async def oldest_live_ms(self) -> int | None:
+        """Start of the oldest segment the spool still holds."""
+
+        def query() -> int | None:
+            # Two queries, each answered from one partial index's first entry.
+            starts = [
+                self.db.execute(
+                    "SELECT min(start_ms) FROM segments WHERE lost_ms IS NULL "
+                    "AND evicted_ms IS NULL AND synced_ms IS NULL"
+                ).fetchone()[0],
+                self.db.execute(
+                    "SELECT min(start_ms) FROM segments WHERE lost_ms IS NULL "
+                    "AND evicted_ms IS NULL AND synced_ms IS NOT NULL"
+                ).fetchone()[0],
+            ]
+            known = [int(s) for s in starts if s is not None]
+            return min(known) if known else None
+
+        return await self._run(query)
 
     async def drop_row(self, outbox_id: int, reason: str) -> None:
         """Stop sending an outbox row that can never be sent (e.g. a thumbnail whose file is
@@ -398,11 +682,11 @@ class Store:
         await self._run(upsert)
 
     async def live_segment_count(self) -> int:
-        """Segment rows whose file the spool must still hold (not marked lost)."""
+        """Segment rows whose file the spool must still hold (neither lost nor evicted)."""
 
         def query() -> int:
             n: int = self.db.execute(
-                "SELECT count(*) FROM segments WHERE lost_ms IS NULL"
+                "SELECT count(*) FROM segments WHERE lost_ms IS NULL AND evicted_ms IS NULL"
             ).fetchone()[0]
             return n
 

@@ -20,9 +20,10 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from minio import Minio
 
-from central import agents, cameras, plates, presence, segments, storage
+from central import agents, cameras, losses, plates, presence, segments, storage
 from shared.messages import (
     Heartbeat,
+    LossEvent,
     Message,
     MessageRejected,
     PlateRead,
@@ -33,6 +34,7 @@ from shared.messages import (
 from shared.topology import (
     DEAD_LETTER_EXCHANGE,
     HEARTBEATS_QUEUE,
+    LOSSES_QUEUE,
     PLATES_QUEUE,
     SEGMENTS_QUEUE,
     THUMBNAILS_QUEUE,
@@ -354,6 +356,42 @@ class HeartbeatConsumer(Consumer):
             await message.nack(requeue=True)
 
 
+class LossConsumer(Consumer):
+    """Consumes ``central.losses``: video an agent recorded but will never deliver (evicted
+    unsynced under its disk budget, or its file vanished). Keyed by ``loss_id``."""
+
+    queue = LOSSES_QUEUE
+    prefetch = 16
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            loss, city = self.envelope(message)
+            assert isinstance(loss, LossEvent)
+            async with self.pool.acquire() as conn:
+                if await agents.agent_city(conn, loss.agent_id) != city:
+                    raise Poison(f"agent {loss.agent_id} is unknown, revoked or not of city {city}")
+                if await cameras.camera_city_for_agent(conn, loss.camera_id, loss.agent_id) != city:
+                    raise Poison(f"camera {loss.camera_id} is not in agent {loss.agent_id}'s city")
+                inserted = await losses.insert_loss(conn, loss, city)
+            self.inserted += int(inserted)
+            self.duplicates += int(not inserted)
+            await message.ack()
+            log.warning(
+                "agent %s lost %d segment(s) of camera %s (%s)%s",
+                loss.agent_id,
+                loss.segments,
+                loss.camera_id,
+                loss.reason,
+                "" if inserted else " (duplicate)",
+            )
+        except (Poison, MessageRejected) as exc:
+            await self.dead_letter(message, str(exc))
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("transient failure storing a loss event (%r); will retry", exc)
+            await asyncio.sleep(RETRY_DELAY_S)
+            await message.nack(requeue=True)
+
+
 async def run_ingest(
     amqp_url: str,
     pool: asyncpg.Pool,
@@ -369,6 +407,7 @@ async def run_ingest(
         plate_consumer,
         HeartbeatConsumer(pool, redis),
         ThumbnailConsumer(pool, s3),
+        LossConsumer(pool),
     ]
     try:
         for consumer in consumers:

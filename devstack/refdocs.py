@@ -142,7 +142,12 @@ def messages_md() -> str:
         f"\nDead letters go through `{topology.DEAD_LETTER_EXCHANGE}`; those central rejects "
         "carry the header `x-gtvision-reason`.\n"
     )
-    for model in (messages.SegmentRecorded, messages.PlateRead, messages.BlobRef):
+    for model in (
+        messages.SegmentRecorded,
+        messages.PlateRead,
+        messages.LossEvent,
+        messages.BlobRef,
+    ):
         doc = (model.__doc__ or "").strip().replace("\n    ", "\n")
         out.append(f"## `{model.__name__}`\n\n{doc}\n")
         out.append("| field | type | default | bounds | description |\n|---|---|---|---|---|")

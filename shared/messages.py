@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.plates import PLATE_RE
 
@@ -113,13 +113,44 @@ class Heartbeat(WireModel):
     )
 
 
-Message = SegmentRecorded | PlateRead | Heartbeat | ThumbnailTaken
+LossReason = Literal["disk_budget", "file_missing", "corrupt"]
+
+
+class LossEvent(WireModel):
+    """Video the agent recorded but central will never receive: a time range of one camera.
+
+    Sent when unsynced segments are evicted under the disk budget (``disk_budget``), when a
+    registered file vanished (``file_missing``) or no longer matches its row (``corrupt``).
+    Consecutive segments of one camera lost together travel as one event. Idempotency key:
+    ``loss_id``.
+    """
+
+    type: Literal["loss_event"] = "loss_event"
+    schema_version: Literal[1] = 1
+    loss_id: UUID = Field(description="Made by the agent; the idempotency key.")
+    agent_id: UUID = Field(description="Must match the routing key's agent.")
+    camera_id: UUID = Field(description="A camera of the agent's city.")
+    start_ms: EpochMs
+    end_ms: EpochMs
+    segments: int = Field(ge=1, le=1_000_000, description="How many segments were lost.")
+    size_bytes: int = Field(ge=0, le=2**53, description="Their total size on the agent.")
+    reason: LossReason = Field(description="Why the video is gone.")
+
+    @model_validator(mode="after")
+    def _range(self) -> LossEvent:
+        if self.end_ms < self.start_ms:
+            raise ValueError("end_ms is before start_ms")
+        return self
+
+
+Message = SegmentRecorded | PlateRead | Heartbeat | ThumbnailTaken | LossEvent
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     "segment": SegmentRecorded,
     "plate_read": PlateRead,
     "heartbeat": Heartbeat,
     "thumbnail": ThumbnailTaken,
+    "loss_event": LossEvent,
 }
 
 

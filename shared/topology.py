@@ -33,7 +33,8 @@ SEGMENTS_QUEUE = ConsumerQueue("central.segments", ("segment",))
 PLATES_QUEUE = ConsumerQueue("central.plates", ("plate_read",))
 HEARTBEATS_QUEUE = ConsumerQueue("central.heartbeats", ("heartbeat",), message_ttl_ms=120_000)
 THUMBNAILS_QUEUE = ConsumerQueue("central.thumbnails", ("thumbnail",), message_ttl_ms=600_000)
-CONSUMER_QUEUES = (SEGMENTS_QUEUE, PLATES_QUEUE, HEARTBEATS_QUEUE, THUMBNAILS_QUEUE)
+LOSSES_QUEUE = ConsumerQueue("central.losses", ("loss_event",))
+CONSUMER_QUEUES = (SEGMENTS_QUEUE, PLATES_QUEUE, HEARTBEATS_QUEUE, THUMBNAILS_QUEUE, LOSSES_QUEUE)
 
 
 # A quorum queue, so commands wait safely while the agent is offline for days.

@@ -26,7 +26,7 @@ from agent.enroll import enroll
 from agent.service import run_agent
 from agent.store import Store
 from central.bootstrap import bootstrap
-from shared.messages import PlateRead
+from shared.messages import LossEvent, PlateRead
 from tests.central_fixtures import CentralProcess
 
 ADMIN = ("admin@example.com", "correct horse battery staple")
@@ -268,3 +268,39 @@ async def test_plate_reads_reach_central_once_each(
         )
     assert count == len(reads)
     assert agent.local_unsent_kind("plate_read") == 0
+
+
+@pytest.mark.timeout(180)
+async def test_loss_event_reaches_central(
+    central_api: CentralProcess, agent: RunningAgent, db_pool: Any
+) -> None:
+    # Eviction and recovery write loss events in their own transactions (tests/agent); here
+    # the test writes one the same way, through a second connection, to see the relay send it
+    # under the agent's own broker permissions and central store it.
+    store = Store(agent.config.data_dir / "agent.sqlite3", agent.config.agent_id)
+    await store.open()
+    loss = LossEvent(
+        loss_id=uuid.uuid4(), agent_id=agent.config.agent_id,
+        camera_id=uuid.UUID(str(agent.ids["camera_id"])), start_ms=1_700_000_000_000,
+        end_ms=1_700_000_004_000, segments=2, size_bytes=400_000, reason="disk_budget",
+    )  # fmt: skip
+
+    def insert() -> None:
+        with store.db.atomic():
+            store._insert_loss(loss, 1_700_000_010_000)
+
+    try:
+        await store._run(insert)
+    finally:
+        await store.close()
+    reason = None
+    for _ in range(120):
+        async with db_pool.acquire() as conn:
+            reason = await conn.fetchval(
+                "SELECT reason FROM loss_events WHERE id = $1", loss.loss_id
+            )
+        if reason is not None:
+            break
+        await asyncio.sleep(0.5)
+    assert reason == "disk_budget"
+    assert agent.local_unsent_kind("loss_event") == 0

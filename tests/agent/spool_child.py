@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import uuid
 from pathlib import Path
 
 from agent.config import CameraConfig
@@ -17,10 +18,11 @@ from agent.spool import reconcile
 from agent.store import Store
 
 CAMERA_KEY = "cam"
+AGENT_ID = uuid.UUID("5e9b6f0c-2a1d-4c3b-9e8f-7a6b5c4d3e2f")
 
 
 async def main(db: Path, spool: Path, url: str, camera_id: str) -> None:
-    store = Store(db)
+    store = Store(db, AGENT_ID)
     await store.open()
     await reconcile(store, spool)
     camera = CameraConfig.model_validate(

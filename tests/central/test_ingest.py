@@ -17,8 +17,21 @@ from minio.error import S3Error
 
 from central import agents, cameras, cities, plates, storage
 from central.broker import BrokerAdmin
-from shared.messages import BlobRef, PlateRead, SegmentRecorded, ThumbnailTaken, encode
-from shared.topology import PLATES_QUEUE, SEGMENTS_QUEUE, find_events_exchange, routing_key
+from shared.messages import (
+    BlobRef,
+    LossEvent,
+    PlateRead,
+    SegmentRecorded,
+    ThumbnailTaken,
+    encode,
+)
+from shared.topology import (
+    LOSSES_QUEUE,
+    PLATES_QUEUE,
+    SEGMENTS_QUEUE,
+    find_events_exchange,
+    routing_key,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -284,3 +297,43 @@ async def test_thumbnails_newest_wins_and_replaced_objects_go(
     assert exists(newer.blob.key)
     assert not exists(first.blob.key), "the replaced thumbnail was not deleted"
     assert not exists(older.blob.key), "a stale thumbnail was kept"
+
+
+async def test_loss_event_stored_once_and_foreign_camera_dead_lettered(
+    central_ingest: asyncio.Event,
+    db_pool: asyncpg.Pool,
+    amqp_url: str,
+    broker_admin: BrokerAdmin,
+) -> None:
+    site = await make_city(db_pool, broker_admin, "Piracicaba")
+    other = await make_city(db_pool, broker_admin, "Limeira")
+    loss = LossEvent(
+        loss_id=uuid.uuid4(), agent_id=site["agent"], camera_id=site["camera"],
+        start_ms=1_700_000_000_000, end_ms=1_700_000_006_000, segments=3,
+        size_bytes=912_345, reason="disk_budget",
+    )  # fmt: skip
+    key = routing_key("loss_event", site["city"], site["agent"])
+    for _ in range(2):  # at-least-once: the relay may send it again after a crash
+        await publish(amqp_url, site, key, encode(loss))
+    # The site's agent reporting a loss of another city's camera, under its own key.
+    foreign = loss.model_copy(update={"loss_id": uuid.uuid4(), "camera_id": other["camera"]})
+    await publish(amqp_url, site, key, encode(foreign))
+
+    async def rows() -> list[asyncpg.Record]:
+        async with db_pool.acquire() as conn:
+            return list(await conn.fetch("SELECT * FROM loss_events ORDER BY received_at"))
+
+    for _ in range(100):
+        if await rows():
+            break
+        await asyncio.sleep(0.1)
+    letters = await dead_letters(amqp_url, expect=1, queue=LOSSES_QUEUE.dead_letter_queue)
+    await asyncio.sleep(0.5)  # a duplicate would have landed by now
+    (row,) = await rows()
+    assert (row["id"], row["agent_id"], row["camera_id"], row["cidade_id"]) == (
+        loss.loss_id, site["agent"], site["camera"], site["city"],
+    )  # fmt: skip
+    assert int(row["start_time"].timestamp() * 1000) == loss.start_ms
+    assert int(row["end_time"].timestamp() * 1000) == loss.end_ms
+    assert (row["segments"], row["size_bytes"], row["reason"]) == (3, 912_345, "disk_budget")
+    assert len(letters) == 1 and "not in agent" in str(letters[0]["reason"]), letters
