@@ -38,6 +38,7 @@ CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg"}
 # Outbox kinds whose payload is the whole wire message (no blob to upload first).
 MESSAGE_ONLY_KINDS = frozenset({"plate_read", "loss_event"})
 HEARTBEAT_INTERVAL_S = 10.0
+IDLE_POLL_S = 0.5
 UPLOAD_TIMEOUT_S = 120.0
 # Short heartbeats: a half-open link is noticed in seconds, not the default minutes.
 AMQP_HEARTBEAT_S = 5
@@ -79,7 +80,9 @@ class Relay:
                     sent = await self.run_once()
                     failures = 0
                     if not sent:
-                        await asyncio.sleep(0.5)
+                        # Woken at once by a new outbox row; the timeout catches rows written
+                        # by another process (and heartbeats fall due).
+                        await self.store.wait_for_outbox(IDLE_POLL_S)
                 except (RelayError, OSError, aio_pika.exceptions.AMQPError, httpx.HTTPError) as exc:
                     failures += 1
                     self.last_error = str(exc) or type(exc).__name__

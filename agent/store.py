@@ -9,6 +9,7 @@ blocks on SQLite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -254,6 +255,17 @@ class Store:
         self.agent_id = agent_id
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite_utils.Database | None = None
+        self._outbox_changed = asyncio.Event()  # set when this store commits outbox rows
+
+    async def wait_for_outbox(self, timeout_s: float) -> None:
+        """Until a new outbox row is committed (by this store) or ``timeout_s`` passes.
+
+        Lets the relay sleep without adding its poll interval to every read's latency; rows
+        written through another connection are found when the timeout expires.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._outbox_changed.wait(), timeout_s)
+        self._outbox_changed.clear()
 
     async def open(self) -> None:
         self._db = await self._run(lambda: open_db(self.path))
@@ -279,7 +291,9 @@ class Store:
 
         Idempotent on the file path: a segment already registered returns False.
         """
-        return await self._run(lambda: self._add_segment(seg))
+        added = await self._run(lambda: self._add_segment(seg))
+        self._outbox_changed.set()
+        return added
 
     def _add_segment(self, seg: Segment) -> bool:
         db = self.db
@@ -463,7 +477,9 @@ class Store:
                     self._insert_loss(self._loss_event(group, kind), at_ms)
                 return True
 
-        return await self._run(update)
+        result = await self._run(update)
+        self._outbox_changed.set()
+        return result
 
     # --- docs/design/segments.md step 7: eviction under the disk budget ----------------------
 
@@ -559,7 +575,9 @@ class Store:
                 finished = self._finished_runs({c.run_id for c in chosen})
             return Eviction(tuple(chosen), tuple(losses), frozenset(finished))
 
-        return await self._run(work)
+        result = await self._run(work)
+        self._outbox_changed.set()
+        return result
 
     def _finished_runs(self, run_ids: set[str]) -> set[str]:
         """Those of ``run_ids`` whose camera has started a newer run since: their ffmpeg is
@@ -734,7 +752,9 @@ class Store:
                 )
             return [r[1] for r in older]
 
-        return await self._run(insert)
+        result = await self._run(insert)
+        self._outbox_changed.set()
+        return result
 
     async def add_plate_reads(self, reads: list[PlateRead]) -> int:
         """Register plate reads with their outbox rows, all in one transaction. Idempotent on
@@ -765,7 +785,9 @@ class Store:
                         )
             return new
 
-        return await self._run(insert)
+        result = await self._run(insert)
+        self._outbox_changed.set()
+        return result
 
     async def mark_failed(self, outbox_id: int, error: str) -> None:
         """Count a failed attempt and keep its reason for `status`. Commits."""
