@@ -83,11 +83,20 @@ class Relay:
                         # Woken at once by a new outbox row; the timeout catches rows written
                         # by another process (and heartbeats fall due).
                         await self.store.wait_for_outbox(IDLE_POLL_S)
-                except (RelayError, OSError, aio_pika.exceptions.AMQPError, httpx.HTTPError) as exc:
+                except Exception as exc:
+                    # The relay never dies: a link going down mid-publish surfaces as many
+                    # exception types (OSError, AMQP errors, a closed channel's RuntimeError,
+                    # HTTP errors); an unexpected one is logged with its traceback. Rows stay
+                    # pending and are retried after the backoff.
                     failures += 1
                     self.last_error = str(exc) or type(exc).__name__
                     delay = min(2 ** (failures - 1), 60) * random.uniform(0.8, 1.2)
-                    log.warning("relay: %s; retrying in %.1fs", self.last_error, delay)
+                    expected = (RelayError, OSError, aio_pika.exceptions.AMQPError, httpx.HTTPError)
+                    log.log(
+                        logging.WARNING if isinstance(exc, expected) else logging.ERROR,
+                        "relay: %s; retrying in %.1fs", self.last_error, delay,
+                        exc_info=not isinstance(exc, expected),
+                    )  # fmt: skip
                     await self._drop_connection()
                     await asyncio.sleep(delay)
         finally:

@@ -97,7 +97,14 @@ class CameraRecorder:
         failures = 0
         while True:
             started = time.monotonic()
-            produced = await self.run_once()
+            try:
+                produced = await self.run_once()
+            except Exception as exc:
+                # One camera's failure (a full disk, an unreadable spool, a bug) must not stop
+                # the agent's other cameras: report it, back off, try again.
+                log.exception("camera=%s recorder failed", self.key)
+                self.status, self.reason = "error", self._redact(f"recorder failed: {exc}")[:200]
+                produced = 0
             # A run that produced segments resets the backoff: the camera was healthy.
             failures = 0 if produced else failures + 1
             delay = min(BACKOFF_START_S * 2 ** max(failures - 1, 0), BACKOFF_CAP_S)

@@ -76,7 +76,36 @@ class Consumer:
         log.info("consuming %s", self.queue.name)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Process one delivery and ack it; the failure policy is the same for every queue:
+        poison is dead-lettered with its reason, anything that may heal is retried (the
+        queue's delivery limit bounds the retries)."""
+        try:
+            await self.process(message)
+            await message.ack()
+        except (Poison, MessageRejected) as exc:
+            await self.dead_letter(message, str(exc))
+        except storage.BlobMismatch as exc:
+            # The upload may still be settling or be re-sent to the same key.
+            await self._retry(message, f"blob not verified ({exc})")
+        except (asyncpg.PostgresError, OSError) as exc:
+            await self._retry(message, f"transient failure ({exc!r})")
+
+    async def process(self, message: AbstractIncomingMessage) -> None:
+        """Validate and store one message; raise Poison, BlobMismatch or a transient error."""
         raise NotImplementedError
+
+    async def _retry(self, message: AbstractIncomingMessage, why: str) -> None:
+        log.warning("%s: %s; will retry", self.queue.name, why)
+        await asyncio.sleep(RETRY_DELAY_S)
+        await message.nack(requeue=True)
+
+    async def check_camera(self, agent_id: UUID, camera_id: UUID, city: UUID) -> None:
+        """Poison unless the agent is active in ``city`` and the camera is that city's."""
+        async with self.pool.acquire() as conn:
+            if await agents.agent_city(conn, agent_id) != city:
+                raise Poison(f"agent {agent_id} is unknown, revoked or not of city {city}")
+            if await cameras.camera_city_for_agent(conn, camera_id, agent_id) != city:
+                raise Poison(f"camera {camera_id} is not in agent {agent_id}'s city")
 
     def envelope(self, message: AbstractIncomingMessage) -> tuple[Message, UUID]:
         """Decode a body and check it against its routing key; returns it and its city.
@@ -131,44 +160,22 @@ class SegmentConsumer(Consumer):
         super().__init__(pool)
         self.s3 = s3
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
-        try:
-            seg = await self._validate(message)
-            await asyncio.to_thread(
-                storage.verify_blob, self.s3, seg.blob.bucket, seg.blob.key,
-                seg.blob.size_bytes, seg.blob.sha256,
-            )  # fmt: skip
-            async with self.pool.acquire() as conn:
-                inserted = await segments.insert_segments(conn, [seg])
-            self.inserted += inserted
-            self.duplicates += 1 - inserted
-            await message.ack()
-            log.debug("segment=%s camera=%s stored", seg.segment_id, seg.camera_id)
-        except (Poison, MessageRejected) as exc:
-            await self.dead_letter(message, str(exc))
-        except storage.BlobMismatch as exc:
-            # The upload may still be settling or be re-sent: retry; the queue's delivery
-            # limit dead-letters it if it never matches.
-            log.warning("blob not verified (%s); will retry", exc)
-            await asyncio.sleep(RETRY_DELAY_S)
-            await message.nack(requeue=True)
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("transient failure storing a segment (%r); will retry", exc)
-            await asyncio.sleep(RETRY_DELAY_S)
-            await message.nack(requeue=True)
-
-    async def _validate(self, message: AbstractIncomingMessage) -> SegmentRecorded:
+    async def process(self, message: AbstractIncomingMessage) -> None:
         seg, city = self.envelope(message)
         assert isinstance(seg, SegmentRecorded)
-        async with self.pool.acquire() as conn:
-            if await agents.agent_city(conn, seg.agent_id) != city:
-                raise Poison(f"agent {seg.agent_id} is unknown, revoked or not of city {city}")
-            if await cameras.camera_city_for_agent(conn, seg.camera_id, seg.agent_id) is None:
-                raise Poison(f"camera {seg.camera_id} is not in agent {seg.agent_id}'s city")
+        await self.check_camera(seg.agent_id, seg.camera_id, city)
         expected = storage.segment_key(city, seg.camera_id, seg.segment_id)
         if seg.blob.bucket != "recordings" or seg.blob.key != expected:
             raise Poison(f"blob {seg.blob.bucket}/{seg.blob.key} is not {expected}")
-        return seg
+        await asyncio.to_thread(
+            storage.verify_blob, self.s3, seg.blob.bucket, seg.blob.key,
+            seg.blob.size_bytes, seg.blob.sha256,
+        )  # fmt: skip
+        async with self.pool.acquire() as conn:
+            inserted = await segments.insert_segments(conn, [seg])
+        self.inserted += inserted
+        self.duplicates += 1 - inserted
+        log.debug("segment=%s camera=%s stored", seg.segment_id, seg.camera_id)
 
 
 class PlateConsumer(Consumer):
@@ -286,46 +293,27 @@ class ThumbnailConsumer(Consumer):
         super().__init__(pool)
         self.s3 = s3
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
-        try:
-            thumb, city = self.envelope(message)
-            assert isinstance(thumb, ThumbnailTaken)
-            async with self.pool.acquire() as conn:
-                if (
-                    await cameras.camera_city_for_agent(conn, thumb.camera_id, thumb.agent_id)
-                    != city
-                ):
-                    raise Poison(
-                        f"camera {thumb.camera_id} is not in agent {thumb.agent_id}'s city"
-                    )
-            expected = storage.thumbnail_key(city, thumb.camera_id, thumb.thumbnail_id)
-            if thumb.blob.bucket != "thumbnails" or thumb.blob.key != expected:
-                raise Poison(f"blob {thumb.blob.bucket}/{thumb.blob.key} is not {expected}")
-            await asyncio.to_thread(
-                storage.verify_blob, self.s3, "thumbnails", expected,
-                thumb.blob.size_bytes, thumb.blob.sha256,
-            )  # fmt: skip
-            async with self.pool.acquire() as conn, conn.transaction():
-                applied, previous, current = await cameras.set_thumbnail(
-                    conn, thumb.camera_id, expected, segments.ms_to_dt(thumb.taken_ms)
-                )
-            # Delete what no row points at: the replaced thumbnail, or this one if it arrived
-            # after a newer one (a redelivery of the current one is left alone).
-            obsolete = previous if applied else expected
-            if obsolete is not None and obsolete != current:
-                await asyncio.to_thread(self.s3.remove_object, "thumbnails", obsolete)
-            self.inserted += int(applied)
-            await message.ack()
-        except (Poison, MessageRejected) as exc:
-            await self.dead_letter(message, str(exc))
-        except storage.BlobMismatch as exc:
-            log.warning("thumbnail blob not verified (%s); will retry", exc)
-            await asyncio.sleep(RETRY_DELAY_S)
-            await message.nack(requeue=True)
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("transient failure storing a thumbnail (%r); will retry", exc)
-            await asyncio.sleep(RETRY_DELAY_S)
-            await message.nack(requeue=True)
+    async def process(self, message: AbstractIncomingMessage) -> None:
+        thumb, city = self.envelope(message)
+        assert isinstance(thumb, ThumbnailTaken)
+        await self.check_camera(thumb.agent_id, thumb.camera_id, city)
+        expected = storage.thumbnail_key(city, thumb.camera_id, thumb.thumbnail_id)
+        if thumb.blob.bucket != "thumbnails" or thumb.blob.key != expected:
+            raise Poison(f"blob {thumb.blob.bucket}/{thumb.blob.key} is not {expected}")
+        await asyncio.to_thread(
+            storage.verify_blob, self.s3, "thumbnails", expected,
+            thumb.blob.size_bytes, thumb.blob.sha256,
+        )  # fmt: skip
+        async with self.pool.acquire() as conn, conn.transaction():
+            applied, previous, current = await cameras.set_thumbnail(
+                conn, thumb.camera_id, expected, segments.ms_to_dt(thumb.taken_ms)
+            )
+        # Delete what no row points at: the replaced thumbnail, or this one if it arrived
+        # after a newer one (a redelivery of the current one is left alone).
+        obsolete = previous if applied else expected
+        if obsolete is not None and obsolete != current:
+            await asyncio.to_thread(self.s3.remove_object, "thumbnails", obsolete)
+        self.inserted += int(applied)
 
 
 class HeartbeatConsumer(Consumer):
@@ -338,22 +326,14 @@ class HeartbeatConsumer(Consumer):
         super().__init__(pool)
         self.redis = redis
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
-        try:
-            hb, city = self.envelope(message)
-            assert isinstance(hb, Heartbeat)
-            async with self.pool.acquire() as conn:
-                if await agents.agent_city(conn, hb.agent_id) != city:
-                    raise Poison(f"agent {hb.agent_id} is unknown, revoked or not of city {city}")
-                newest = await presence.record_heartbeat(conn, self.redis, hb)
-            self.inserted += int(newest)
-            await message.ack()
-        except (Poison, MessageRejected) as exc:
-            await self.dead_letter(message, str(exc))
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("transient failure storing a heartbeat (%r); will retry", exc)
-            await asyncio.sleep(RETRY_DELAY_S)
-            await message.nack(requeue=True)
+    async def process(self, message: AbstractIncomingMessage) -> None:
+        hb, city = self.envelope(message)
+        assert isinstance(hb, Heartbeat)
+        async with self.pool.acquire() as conn:
+            if await agents.agent_city(conn, hb.agent_id) != city:
+                raise Poison(f"agent {hb.agent_id} is unknown, revoked or not of city {city}")
+            newest = await presence.record_heartbeat(conn, self.redis, hb)
+        self.inserted += int(newest)
 
 
 class LossConsumer(Consumer):
@@ -363,33 +343,19 @@ class LossConsumer(Consumer):
     queue = LOSSES_QUEUE
     prefetch = 16
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
-        try:
-            loss, city = self.envelope(message)
-            assert isinstance(loss, LossEvent)
-            async with self.pool.acquire() as conn:
-                if await agents.agent_city(conn, loss.agent_id) != city:
-                    raise Poison(f"agent {loss.agent_id} is unknown, revoked or not of city {city}")
-                if await cameras.camera_city_for_agent(conn, loss.camera_id, loss.agent_id) != city:
-                    raise Poison(f"camera {loss.camera_id} is not in agent {loss.agent_id}'s city")
-                inserted = await losses.insert_loss(conn, loss, city)
-            self.inserted += int(inserted)
-            self.duplicates += int(not inserted)
-            await message.ack()
-            log.warning(
-                "agent %s lost %d segment(s) of camera %s (%s)%s",
-                loss.agent_id,
-                loss.segments,
-                loss.camera_id,
-                loss.reason,
-                "" if inserted else " (duplicate)",
-            )
-        except (Poison, MessageRejected) as exc:
-            await self.dead_letter(message, str(exc))
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("transient failure storing a loss event (%r); will retry", exc)
-            await asyncio.sleep(RETRY_DELAY_S)
-            await message.nack(requeue=True)
+    async def process(self, message: AbstractIncomingMessage) -> None:
+        loss, city = self.envelope(message)
+        assert isinstance(loss, LossEvent)
+        await self.check_camera(loss.agent_id, loss.camera_id, city)
+        async with self.pool.acquire() as conn:
+            inserted = await losses.insert_loss(conn, loss, city)
+        self.inserted += int(inserted)
+        self.duplicates += int(not inserted)
+        log.warning(
+            "agent %s lost %d segment(s) of camera %s (%s)%s",
+            loss.agent_id, loss.segments, loss.camera_id, loss.reason,
+            "" if inserted else " (duplicate)",
+        )  # fmt: skip
 
 
 async def run_ingest(
