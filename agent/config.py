@@ -39,6 +39,16 @@ class RecordConfig(Strict):
         "(from a closed segment's first keyframe); 0 turns thumbnails off.",
     )
     thumbnail_width: int = Field(320, ge=64, le=1920, description="Thumbnail width in pixels.")
+    stall_seconds: int = Field(
+        0,
+        ge=0,
+        le=600,
+        description="Restart the camera's recorder when no segment closes for this long "
+        "(a stream that stays connected but sends no video); 0: 3 x segment_seconds + 10.",
+    )
+
+    def stall_after_s(self) -> float:
+        return float(self.stall_seconds or 3 * self.segment_seconds + 10)
 
 
 class CameraConfig(Strict):

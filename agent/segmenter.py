@@ -139,9 +139,20 @@ class CameraRecorder:
         # Wall clock of stream time 0, fixed at the first closed segment: later segments are
         # placed by media time, so processing delays do not shift them.
         anchor_ms: int | None = None
+        stalled: str | None = None
         try:
-            # Step 1: ffmpeg prints a segment's name only after closing it.
-            while line := await proc.stdout.readline():
+            # Step 1: ffmpeg prints a segment's name only after closing it. A stream that stays
+            # connected but stops delivering video closes no segment: that is a stall.
+            stall_s = self.camera.record.stall_after_s()
+            while True:
+                try:
+                    line = await asyncio.wait_for(proc.stdout.readline(), stall_s)
+                except TimeoutError:
+                    stalled = f"stalled: no segment for {stall_s:.0f} s"
+                    log.warning("camera=%s run=%s %s; restarting", self.key, run_id, stalled)
+                    break
+                if not line:
+                    break
                 name, start_s, end_s = line.decode().strip().rsplit(",", 2)
                 path = run_dir / name
                 seq = segment_seq(path)
@@ -165,7 +176,12 @@ class CameraRecorder:
             self.ffmpeg_pid = None
             err = self._redact((await stderr_task).decode(errors="replace"))
         self.status = "offline" if produced or proc.returncode == 0 else "error"
-        self.reason = _reason(err, proc.returncode) if err or proc.returncode else "stream ended"
+        if stalled:
+            self.status, self.reason = "error", stalled
+        else:
+            self.reason = (
+                _reason(err, proc.returncode) if err or proc.returncode else "stream ended"
+            )
         log.warning("camera=%s run=%s ended: %s", self.key, run_id, self.reason)
         produced += await self._recover_run(run_id)
         return produced

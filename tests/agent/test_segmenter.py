@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+import signal
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,11 +21,12 @@ from agent.segmenter import CameraRecorder, backoff_delays, probe
 from agent.store import Store
 from devstack.camera import rtsp_url, start_camera, wait_camera_ready
 from devstack.procs import free_port
+from devstack.scene import make_scene_video
 
 
 def camera_config(url: str, **extra: Any) -> CameraConfig:
     return CameraConfig.model_validate(
-        {"id": uuid.uuid4(), "name": "t", "url": url, "record": {"segment_seconds": 2}, **extra}
+        {"id": uuid.uuid4(), "name": "t", "url": url, "record": {"segment_seconds": 2}} | extra
     )
 
 
@@ -162,3 +166,97 @@ async def test_unreachable_camera_is_not_a_busy_loop(store: Store, tmp_path: Pat
         await task
     # Backoff 1 s, 2 s, ... (with ±20 % jitter): at most 3 attempts fit in 4 s.
     assert 1 <= attempts <= 3, attempts
+
+
+class OwnCamera:
+    """A camera this test may kill, freeze and restart on the same port."""
+
+    def __init__(self, video: Path, log: Path, codec: str = "h264") -> None:
+        self.video, self.log, self.codec, self.port = video, log, codec, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = start_camera(self.video, self.port, self.log, codec=self.codec)
+        wait_camera_ready(rtsp_url(self.port), log=self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # in case a test froze it
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+async def until(check: Any, timeout_s: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(120)
+async def test_reconnects_after_the_camera_dies_and_returns(
+    camera: Any, store: Store, tmp_path: Path
+) -> None:
+    cam = OwnCamera(camera.video, tmp_path / "cam.log")
+    cam.start()
+    recorder = CameraRecorder("cam", camera_config(rtsp_url(cam.port)), store, tmp_path / "s")
+    task = asyncio.create_task(recorder.run())
+    try:
+        await until(lambda: recorder.segments_registered >= 1, 30, "a first segment")
+        cam.stop()
+        await until(lambda: recorder.status != "online", 30, "the camera to be seen gone")
+        assert recorder.reason, "a human reason for the outage"
+        before = recorder.segments_registered
+        await asyncio.sleep(3)  # the camera stays away across a few reconnect attempts
+        cam.start()
+        await until(lambda: recorder.segments_registered > before, 60, "recording again")
+        assert recorder.status == "online"
+        assert len(await store.runs()) >= 2, "a new run (RTSP session) after the outage"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        cam.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_stalled_stream_is_detected_and_restarted(
+    camera: Any, store: Store, tmp_path: Path
+) -> None:
+    cam = OwnCamera(camera.video, tmp_path / "cam.log")
+    cam.start()
+    config = camera_config(rtsp_url(cam.port), record={"segment_seconds": 2, "stall_seconds": 4})
+    recorder = CameraRecorder("cam", config, store, tmp_path / "s")
+    task = asyncio.create_task(recorder.run())
+    try:
+        await until(lambda: recorder.segments_registered >= 1, 30, "a first segment")
+        assert cam.proc is not None
+        os.kill(cam.proc.pid, signal.SIGSTOP)  # connected, but no more video
+        await until(lambda: recorder.reason.startswith("stalled"), 20, "the stall")
+        os.kill(cam.proc.pid, signal.SIGCONT)
+        before = recorder.segments_registered
+        await until(lambda: recorder.segments_registered > before, 60, "recording again")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        cam.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_h265_camera_records_without_transcoding(store: Store, tmp_path: Path) -> None:
+    scene = make_scene_video(tmp_path / "scene", seconds=6, width=640, height=360, codec="h265")
+    cam = OwnCamera(scene.video, tmp_path / "cam.log", codec="h265")
+    cam.start()
+    recorder = CameraRecorder("cam", camera_config(rtsp_url(cam.port)), store, tmp_path / "s")
+    try:
+        await record_for(recorder, 7)
+    finally:
+        cam.stop()
+    rows = [await store.segment(r.ref_id) for r in await store.pending()]
+    assert rows and all(seg is not None and seg.codec == "h265" for seg in rows)
