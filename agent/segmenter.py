@@ -216,6 +216,9 @@ class CameraRecorder:
             # Step 2: an unplayable file leaves the run for quarantine/ and is never synced.
             await asyncio.to_thread(quarantine, self.spool, self.key, run_id, path)
             log.error("camera=%s segment %s quarantined: %s", self.key, path.name, exc)
+            # Connected but unusable (an unsupported codec, no keyframes): say so in the
+            # status, or the camera would look online while nothing is kept.
+            self.status, self.reason = "error", f"segments refused: {exc}"[:200]
             return False
         # docs/design/segments.md step 3: hash, then fsync the file and its directory.
         size, sha = await asyncio.to_thread(hash_and_sync, path)
@@ -236,6 +239,7 @@ class CameraRecorder:
         if not await self.store.add_segment(seg):
             return False
         self.segments_registered += 1
+        self.status, self.reason = "online", "recording"
         if self.on_segment is not None:
             await self.on_segment(seg)
         return True

@@ -139,6 +139,8 @@ async def test_corrupt_segment_is_quarantined_not_registered(store: Store, tmp_p
     assert not bad.exists()
     assert len(list((tmp_path / "quarantine" / "cam").iterdir())) == 1
     assert await store.pending() == []
+    # A camera whose segments are all refused is not "online": the status says why.
+    assert recorder.status == "error" and recorder.reason.startswith("segments refused")
 
 
 def test_backoff_schedule_doubles_to_a_cap() -> None:
