@@ -22,6 +22,7 @@ from minio import Minio
 
 from central import agents, cameras, losses, plates, presence, segments, storage
 from shared.messages import (
+    BlobRef,
     Heartbeat,
     LossEvent,
     Message,
@@ -51,6 +52,14 @@ RETRY_DELAY_S = 1.0
 
 class Poison(Exception):
     """A message that can never succeed; its text goes with it to the dead-letter queue."""
+
+
+async def verify_claim(s3: Minio, blob: BlobRef, bucket: str, key: str) -> None:
+    """A claim-check must name the object central granted, and the object must hold exactly
+    the claimed bytes: Poison for a wrong key, BlobMismatch (retried) for wrong content."""
+    if blob.bucket != bucket or blob.key != key:
+        raise Poison(f"blob {blob.bucket}/{blob.key} is not {bucket}/{key}")
+    await asyncio.to_thread(storage.verify_blob, s3, bucket, key, blob.size_bytes, blob.sha256)
 
 
 class Consumer:
@@ -165,12 +174,7 @@ class SegmentConsumer(Consumer):
         assert isinstance(seg, SegmentRecorded)
         await self.check_camera(seg.agent_id, seg.camera_id, city)
         expected = storage.segment_key(city, seg.camera_id, seg.segment_id)
-        if seg.blob.bucket != "recordings" or seg.blob.key != expected:
-            raise Poison(f"blob {seg.blob.bucket}/{seg.blob.key} is not {expected}")
-        await asyncio.to_thread(
-            storage.verify_blob, self.s3, seg.blob.bucket, seg.blob.key,
-            seg.blob.size_bytes, seg.blob.sha256,
-        )  # fmt: skip
+        await verify_claim(self.s3, seg.blob, "recordings", expected)
         async with self.pool.acquire() as conn:
             inserted = await segments.insert_segments(conn, [seg])
         self.inserted += inserted
@@ -298,12 +302,7 @@ class ThumbnailConsumer(Consumer):
         assert isinstance(thumb, ThumbnailTaken)
         await self.check_camera(thumb.agent_id, thumb.camera_id, city)
         expected = storage.thumbnail_key(city, thumb.camera_id, thumb.thumbnail_id)
-        if thumb.blob.bucket != "thumbnails" or thumb.blob.key != expected:
-            raise Poison(f"blob {thumb.blob.bucket}/{thumb.blob.key} is not {expected}")
-        await asyncio.to_thread(
-            storage.verify_blob, self.s3, "thumbnails", expected,
-            thumb.blob.size_bytes, thumb.blob.sha256,
-        )  # fmt: skip
+        await verify_claim(self.s3, thumb.blob, "thumbnails", expected)
         async with self.pool.acquire() as conn, conn.transaction():
             applied, previous, current = await cameras.set_thumbnail(
                 conn, thumb.camera_id, expected, segments.ms_to_dt(thumb.taken_ms)
