@@ -245,6 +245,11 @@ class Relay:
             duration_ms=seg.duration_ms,
             codec=seg.codec,
             blob=blob,
+            run_id=seg.run_id,
+            time_source=seg.time_source,
+            clock_sync=seg.clock_sync,
+            clock_error_ms=seg.clock_error_ms,
+            shifted_ms=seg.shifted_ms,
         )
         return encode(msg), routing_key("segment", self.config.city_id, self.config.agent_id)
 

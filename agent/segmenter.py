@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from agent.clock import ClockState, read_clock_state
 from agent.config import CameraConfig
 from agent.media import InvalidSegment, ProbeResult, die_with_parent, hash_and_sync, probe
 from agent.spool import create_run_dir, quarantine, recover_run, segment_seq
@@ -80,12 +81,14 @@ class CameraRecorder:
         spool: Path,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         on_segment: Callable[[Segment], Awaitable[None]] | None = None,
+        clock_state: Callable[[], ClockState] = read_clock_state,
     ) -> None:
         self.key = key
         self.camera = camera
         self.store = store
         self.spool = spool
         self.clock_ms = clock_ms
+        self.clock_state = clock_state
         self.on_segment = on_segment
         self.status = "offline"
         self.reason = "not started"
@@ -137,8 +140,10 @@ class CameraRecorder:
         stderr_task = asyncio.create_task(proc.stderr.read())
         produced = 0
         # Wall clock of stream time 0, fixed at the first closed segment: later segments are
-        # placed by media time, so processing delays do not shift them.
+        # placed by media time, so processing delays and wall-clock steps do not move them
+        # (docs/design/segments.md "Time").
         anchor_ms: int | None = None
+        shifted_ms = 0
         stalled: str | None = None
         try:
             # Step 1: ffmpeg prints a segment's name only after closing it. A stream that stays
@@ -161,9 +166,13 @@ class CameraRecorder:
                     continue
                 if anchor_ms is None:
                     anchor_ms = self.clock_ms() - round(float(end_s) * 1000)
+                    shifted_ms = await self._no_overlap_shift(
+                        run_id, anchor_ms + round(float(start_s) * 1000)
+                    )
+                    anchor_ms += shifted_ms
                     self.status, self.reason = "online", "recording"
                 seg_start_ms = anchor_ms + round(float(start_s) * 1000)
-                if await self._close_segment(run_id, path, seq, seg_start_ms):
+                if await self._close_segment(run_id, path, seq, seg_start_ms, shifted_ms):
                     produced += 1
         finally:
             if proc.returncode is None:
@@ -185,6 +194,21 @@ class CameraRecorder:
         log.warning("camera=%s run=%s ended: %s", self.key, run_id, self.reason)
         produced += await self._recover_run(run_id)
         return produced
+
+    async def _no_overlap_shift(self, run_id: uuid.UUID, first_start_ms: int) -> int:
+        """docs/design/segments.md "Time": a run never starts before the camera's previous
+        video ends. Only a wall clock stepped back (or a wrong clock corrected) gets here: the
+        run is moved forward, and by how much is recorded with each of its segments."""
+        previous_end = await self.store.camera_end_ms(self.camera.id)
+        if previous_end is None or first_start_ms >= previous_end:
+            return 0
+        shift = previous_end - first_start_ms
+        log.warning(
+            "camera=%s run=%s wall clock is %d ms behind the camera's previous segment "
+            "(clock stepped back?): run placed after it",
+            self.key, run_id, shift,
+        )  # fmt: skip
+        return shift
 
     async def _recover_run(self, run_id: uuid.UUID) -> int:
         """docs/design/segments.md R3-R4 for this run, now that its ffmpeg has exited: the file
@@ -209,7 +233,9 @@ class CameraRecorder:
             text = text.replace(self.camera.password.get_secret_value(), "***")
         return text
 
-    async def _close_segment(self, run_id: uuid.UUID, path: Path, seq: int, start_ms: int) -> bool:
+    async def _close_segment(
+        self, run_id: uuid.UUID, path: Path, seq: int, start_ms: int, shifted_ms: int
+    ) -> bool:
         try:
             info = await probe(path)  # docs/design/segments.md step 2: validate
         except InvalidSegment as exc:
@@ -222,6 +248,7 @@ class CameraRecorder:
             return False
         # docs/design/segments.md step 3: hash, then fsync the file and its directory.
         size, sha = await asyncio.to_thread(hash_and_sync, path)
+        clock = self.clock_state()
         seg = Segment(
             segment_id=uuid.uuid4(),
             camera_id=self.camera.id,
@@ -233,6 +260,9 @@ class CameraRecorder:
             size_bytes=size,
             sha256=sha,
             codec=info.codec,
+            clock_sync=clock.sync,
+            clock_error_ms=clock.error_ms,
+            shifted_ms=shifted_ms,
         )
         # docs/design/segments.md step 4: segment + outbox row in one transaction. False: the
         # path was already registered (never twice, I3); nothing more to do for it.

@@ -13,7 +13,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +157,14 @@ MIGRATIONS: list[str] = [
             live_bytes = live_bytes - OLD.size_bytes;
     END;
     """,
+    # docs/design/segments.md "Time": the wall clock's state when the segment was stamped, and
+    # how far its start was moved forward so a stepped-back clock cannot overlap earlier video.
+    """
+    ALTER TABLE segments ADD COLUMN clock_sync TEXT NOT NULL DEFAULT 'unknown'
+        CHECK (clock_sync IN ('synced', 'unsynced', 'unknown'));
+    ALTER TABLE segments ADD COLUMN clock_error_ms INTEGER;
+    ALTER TABLE segments ADD COLUMN shifted_ms INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 TIME_SOURCES = ("live", "recovered")
@@ -177,6 +185,12 @@ class Segment:
     # 'live': placed by the recorder from ffmpeg's stream times; 'recovered': derived at
     # start-up recovery for a file that had no row (docs/design/segments.md "Recovery").
     time_source: str = "live"
+    # docs/design/segments.md "Time": the clock's state when the segment was stamped
+    # ('synced', 'unsynced' or 'unknown'), its error bound, and how far the start was moved
+    # forward so that a wall clock stepped back cannot overlap the camera's earlier video.
+    clock_sync: str = "unknown"
+    clock_error_ms: int | None = None
+    shifted_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,6 +218,19 @@ class OutboxRow:
     kind: str
     ref_id: str
     payload: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class RawOutboxRow:
+    """An outbox row as stored: ``payload`` is the JSON text (for a message-only row, the wire
+    body itself), and (``priority``, ``id``) is its place in the sending order."""
+
+    id: int
+    priority: int
+    kind: str
+    ref_id: str
+    payload: str
     attempts: int
 
 
@@ -319,6 +346,9 @@ class Store:
                     "codec": seg.codec,
                     "created_ms": _now_ms(),
                     "time_source": seg.time_source,
+                    "clock_sync": seg.clock_sync,
+                    "clock_error_ms": seg.clock_error_ms,
+                    "shifted_ms": seg.shifted_ms,
                 }
             )
             db.table("outbox").insert(
@@ -345,22 +375,55 @@ class Store:
 
         return await self._run(query)
 
+    async def pending_of(
+        self, kinds: Collection[str], limit: int, after: tuple[int, int] | None = None
+    ) -> list[RawOutboxRow]:
+        """Unsent rows of ``kinds`` in sending order, after (priority, id) ``after`` if given:
+        the relay reads on past the rows it has in flight without reading them again."""
+        marks = ", ".join("?" * len(kinds))
+        sql = (
+            "SELECT id, priority, kind, ref_id, payload, attempts FROM outbox "  # noqa: S608
+            f"WHERE sent_ms IS NULL AND dropped_ms IS NULL AND kind IN ({marks}) "
+            + ("AND (priority, id) > (?, ?) " if after is not None else "")
+            + "ORDER BY priority, id LIMIT ?"
+        )
+        params = [*kinds, *(after or ()), limit]
+
+        def query() -> list[RawOutboxRow]:
+            return [RawOutboxRow(*r) for r in self.db.execute(sql, params).fetchall()]
+
+        return await self._run(query)
+
     async def segment(self, segment_id: str) -> Segment | None:
         return await self._run(lambda: self._segment_where("segment_id = ?", [segment_id]))
 
     def _segment_where(self, where: str, params: list[Any]) -> Segment | None:
         # ``where`` is one of this class's literals; values are always bound parameters.
         sql = (
-            "SELECT segment_id, camera_id, run_id, seq, path, start_ms, duration_ms, "  # noqa: S608
-            "size_bytes, sha256, codec, time_source FROM segments WHERE " + where
+            "SELECT segment_id, camera_id, run_id, seq, path, start_ms, duration_ms, "
+            "size_bytes, sha256, codec, time_source, clock_sync, clock_error_ms, shifted_ms "
+            "FROM segments WHERE " + where
         )
         row = self.db.execute(sql, params).fetchone()
         if row is None:
             return None
         return Segment(
             UUID(row[0]), UUID(row[1]), UUID(row[2]), row[3], Path(row[4]),
-            row[5], row[6], row[7], row[8], row[9], row[10],
+            row[5], row[6], row[7], row[8], row[9], row[10], row[11], row[12], row[13],
         )  # fmt: skip
+
+    async def camera_end_ms(self, camera_id: UUID) -> int | None:
+        """Where the camera's latest registered segment ends (None: no segment yet)."""
+
+        def query() -> int | None:
+            row = self.db.execute(
+                "SELECT start_ms + duration_ms FROM segments WHERE camera_id = ? "
+                "ORDER BY start_ms DESC LIMIT 1",
+                [str(camera_id)],
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run(query)
 
     # --- docs/design/segments.md: runs, recovery, losses -------------------------------------
 
@@ -820,9 +883,18 @@ class Store:
             lost = self.db.execute(
                 "SELECT count(*) FROM segments WHERE lost_ms IS NOT NULL"
             ).fetchone()[0]
+            blob_bytes = self.db.execute(
+                "SELECT coalesce(sum(coalesce(s.size_bytes,"
+                " json_extract(o.payload, '$.size_bytes'))), 0) FROM outbox o"
+                " LEFT JOIN segments s ON o.kind = 'segment' AND s.segment_id = o.ref_id"
+                " WHERE o.sent_ms IS NULL AND o.dropped_ms IS NULL"
+                " AND o.kind IN ('segment', 'thumbnail')"
+            ).fetchone()[0]
             return {
                 "pending": per_kind,
                 "oldest_pending_age_ms": None if oldest is None else _now_ms() - oldest,
+                # Bytes of video and images still to upload: what the link must carry.
+                "pending_blob_bytes": blob_bytes,
                 "sent": sent,
                 # Segments whose file disappeared (docs/design/segments.md "Recovery").
                 "lost": lost,

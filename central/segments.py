@@ -25,17 +25,20 @@ async def insert_segments(conn: asyncpg.Connection, messages: list[SegmentRecord
         (
             m.segment_id, m.camera_id, m.agent_id, ms_to_dt(m.start_ms),
             ms_to_dt(m.start_ms + m.duration_ms), m.duration_ms, m.codec, m.blob.bucket,
-            m.blob.key, m.blob.size_bytes, m.blob.sha256,
+            m.blob.key, m.blob.size_bytes, m.blob.sha256, m.run_id, m.time_source, m.clock_sync,
+            m.clock_error_ms, m.shifted_ms,
         )
         for m in messages
     ]  # fmt: skip
     result: str = await conn.execute(
         """
         INSERT INTO segments (id, camera_id, agent_id, start_time, end_time, duration_ms, codec,
-                              bucket, object_key, size_bytes, sha256)
+                              bucket, object_key, size_bytes, sha256, run_id, time_source,
+                              clock_sync, clock_error_ms, shifted_ms)
         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[],
                              $5::timestamptz[], $6::int[], $7::text[], $8::text[], $9::text[],
-                             $10::bigint[], $11::text[])
+                             $10::bigint[], $11::text[], $12::uuid[], $13::text[], $14::text[],
+                             $15::int[], $16::bigint[])
         ON CONFLICT (id) DO NOTHING
         """,
         *[list(col) for col in zip(*rows, strict=True)],
@@ -54,7 +57,8 @@ async def list_segments(
     rows = await conn.fetch(
         """
         SELECT id, camera_id, start_time, end_time, duration_ms, codec, bucket, object_key,
-               size_bytes, sha256, received_at
+               size_bytes, sha256, received_at, run_id, time_source, clock_sync, clock_error_ms,
+               shifted_ms
         FROM segments
         WHERE camera_id = $1
           AND ($2::timestamptz IS NULL OR end_time > $2)

@@ -60,6 +60,29 @@ class SegmentRecorded(WireModel):
     duration_ms: int = Field(ge=1, le=120_000, description="Media duration (ffprobe).")
     codec: Literal["h264", "h265"] = Field(description="Video codec, recorded as sent.")
     blob: BlobRef = Field(description="The MP4 in the `recordings` bucket.")
+    run_id: UUID | None = Field(
+        default=None, description="The RTSP session that recorded it: a new run follows a gap."
+    )
+    time_source: Literal["live", "recovered"] = Field(
+        default="live",
+        description="`live`: placed from the stream's times as recorded; `recovered`: derived "
+        "after a crash for a file found without its row.",
+    )
+    clock_sync: Literal["synced", "unsynced", "unknown"] = Field(
+        default="unknown",
+        description="The agent's wall clock when the segment was stamped: disciplined by NTP "
+        "or not (the kernel's view).",
+    )
+    clock_error_ms: int | None = Field(
+        default=None, ge=0, le=10**9, description="The kernel's maximum error bound then."
+    )
+    shifted_ms: int = Field(
+        default=0,
+        ge=0,
+        le=10**11,
+        description="How far the agent moved the segment forward so that a wall clock stepped "
+        "back does not overlap the camera's earlier video (0 normally).",
+    )
 
 
 class PlateRead(WireModel):

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from minio import Minio
 
+from agent.clock import read_clock_state
 from agent.config import AgentConfig, load_config
 from agent.enroll import enroll
 from agent.service import run_agent
@@ -157,6 +158,9 @@ async def test_camera_video_reaches_central(
         assert seg["object_key"].startswith(f"{ids['city_id']}/{ids['camera_id']}/")
         assert seg["codec"] == "h264"
         assert 1000 <= seg["duration_ms"] <= 10_000, seg
+        # Run and clock quality travel with each segment (the kernel's view of this clock).
+        assert seg["run_id"] and seg["time_source"] == "live" and seg["shifted_ms"] == 0, seg
+        assert seg["clock_sync"] == read_clock_state().sync and seg["clock_error_ms"] >= 0, seg
     starts = [datetime.fromisoformat(s["start_time"]) for s in segments]
     ends = [datetime.fromisoformat(s["end_time"]) for s in segments]
     assert starts == sorted(starts)

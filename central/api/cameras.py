@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 import asyncpg
@@ -61,6 +61,15 @@ class SegmentOut(BaseModel):
     size_bytes: int
     sha256: str
     received_at: datetime
+    run_id: UUID | None = Field(description="The RTSP session: a new run follows a gap.")
+    time_source: Literal["live", "recovered"]
+    clock_sync: Literal["synced", "unsynced", "unknown"] = Field(
+        description="Was the agent's clock disciplined by NTP when it stamped the segment?"
+    )
+    clock_error_ms: int | None = Field(description="The agent kernel's clock error bound then.")
+    shifted_ms: int = Field(
+        description="Moved forward so a clock stepped back does not overlap earlier video."
+    )
 
 
 @router.get("/api/cities", tags=["cities"])

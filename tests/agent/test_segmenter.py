@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from agent.clock import ClockState, read_clock_state
 from agent.config import CameraConfig
 from agent.segmenter import CameraRecorder, backoff_delays, probe
-from agent.store import Store
+from agent.store import Segment, Store
 from devstack.camera import rtsp_url, start_camera, wait_camera_ready
 from devstack.procs import free_port
 from devstack.scene import make_scene_video
@@ -135,7 +137,7 @@ async def test_corrupt_segment_is_quarantined_not_registered(store: Store, tmp_p
     bad = tmp_path / "cam" / "run" / "000000.mp4"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"garbage" * 100)
-    assert not await recorder._close_segment(uuid.uuid4(), bad, 0, 1_700_000_000_000)
+    assert not await recorder._close_segment(uuid.uuid4(), bad, 0, 1_700_000_000_000, 0)
     assert not bad.exists()
     assert len(list((tmp_path / "quarantine" / "cam").iterdir())) == 1
     assert await store.pending() == []
@@ -262,3 +264,53 @@ async def test_h265_camera_records_without_transcoding(store: Store, tmp_path: P
         cam.stop()
     rows = [await store.segment(r.ref_id) for r in await store.pending()]
     assert rows and all(seg is not None and seg.codec == "h265" for seg in rows)
+
+
+async def segments_in_order(store: Store) -> list[Segment]:
+    found = [await store.segment(r.ref_id) for r in await store.pending()]
+    return sorted((s for s in found if s), key=lambda s: (s.run_id.int, s.seq))
+
+
+def test_clock_state_is_read_from_the_kernel() -> None:
+    state = read_clock_state()
+    assert state.sync in ("synced", "unsynced")  # Linux answers adjtimex(2) without privilege
+    assert state.error_ms is not None and state.error_ms >= 0
+
+
+@pytest.mark.timeout(120)
+async def test_wall_clock_steps_never_overlap_or_shift_a_run(
+    camera: Any, store: Store, tmp_path: Path
+) -> None:
+    """A clock stepped back between runs cannot overlap earlier video; a step during a run does
+    not move that run's segments (they are placed by media time)."""
+    step_ms = 0
+
+    def clock() -> int:
+        return time.time_ns() // 1_000_000 - step_ms
+
+    recorder = CameraRecorder(
+        "cam", camera_config(camera.url), store, tmp_path / "spool",
+        clock_ms=clock, clock_state=lambda: ClockState("synced", 12, 0),
+    )  # fmt: skip
+    await record_for(recorder, 7)
+    first = await segments_in_order(store)
+    step_ms = 3_600_000  # an hour back, e.g. NTP correcting a clock that ran ahead
+    before = recorder.segments_registered
+    task = asyncio.create_task(recorder.run_once())
+    await until(lambda: recorder.segments_registered > before, 30, "the second run's segment")
+    step_ms = -3_600_000  # then two hours forward in the middle of the run
+    await asyncio.sleep(6)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    second = [s for s in await segments_in_order(store) if s not in first]
+    assert len({s.run_id for s in first}) == 1 and len({s.run_id for s in second}) == 1
+    assert len(first) >= 2 and len(second) >= 2
+    assert all(s.duration_ms > 0 for s in first + second)
+    assert all(s.shifted_ms == 0 for s in first)
+    end_of_first = first[-1].start_ms + first[-1].duration_ms
+    assert second[0].start_ms >= end_of_first, "the stepped-back run overlaps earlier video"
+    assert all(s.shifted_ms > 3_500_000 for s in second), "the move is recorded"
+    for a, b in itertools.pairwise(second):
+        assert abs(a.start_ms + a.duration_ms - b.start_ms) < 100, "a step inside a run moved it"
+    assert {(s.clock_sync, s.clock_error_ms) for s in first + second} == {("synced", 12)}
