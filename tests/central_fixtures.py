@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import aio_pika
 import asyncpg
 import httpx
 import pytest
@@ -24,7 +23,7 @@ from central.broker import BrokerAdmin
 from central.db import create_pool
 from central.ingest import run_ingest
 from central.settings import Settings
-from shared.topology import CONSUMER_QUEUES, declare_topology
+from devstack.sync_harness import purge_central_queues
 
 
 def free_port() -> int:
@@ -123,13 +122,7 @@ async def central_ingest(
     The broker lives for the whole session: its queues are emptied first, so messages left by
     an earlier test (or its dead letters) cannot leak into this one.
     """
-    conn = await aio_pika.connect(central_settings.amqp_url.get_secret_value())
-    async with conn:
-        channel = await conn.channel()
-        await declare_topology(channel)
-        for q in CONSUMER_QUEUES:
-            for name in (q.name, q.dead_letter_queue):
-                await (await channel.get_queue(name)).purge()
+    await purge_central_queues(central_settings.amqp_url.get_secret_value())
     stop = asyncio.Event()
     redis = aioredis.from_url(central_settings.redis_url)
     task = asyncio.create_task(
