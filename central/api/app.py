@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, HTTPException
 
 from central import storage, users
-from central.api import agents, auth, cameras, mosaics, plates
+from central.api import agents, auth, cameras, mosaics, plates, watchlists
 from central.api.resources import Res, Resources
 from central.broker import BrokerAdmin
 from central.db import create_pool
@@ -56,7 +56,10 @@ def create_app(settings: Settings) -> FastAPI:
         "the cities the caller may see; another city's resource answers 404, as a missing one.",
     )
     app.add_api_route("/api/health", health, methods=["GET"], tags=["ops"])
-    for router in (auth.router, cameras.router, agents.router, mosaics.router, plates.router):
+    for router in (
+        auth.router, cameras.router, agents.router, mosaics.router, plates.router,
+        watchlists.router,
+    ):  # fmt: skip
         app.include_router(router)
     return app
 

@@ -1,9 +1,14 @@
-"""Input field types shared by the routers: text PostgreSQL can store, checked at the edge."""
+"""Input field types shared by the routers: text PostgreSQL can store, checked at the edge;
+keyset page cursors."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import base64
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
 
+from fastapi import HTTPException
 from pydantic import AfterValidator
 
 
@@ -20,3 +25,22 @@ def _storable_text(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_storable_text)]
+
+
+def decode_cursor(before: str | None) -> tuple[datetime, UUID] | None:
+    """A ``before`` cursor from a previous page: (time, id) of its last row."""
+    if before is None:
+        return None
+    try:
+        when, row_id = base64.urlsafe_b64decode(before.encode()).decode().split("|")
+        return datetime.fromisoformat(when), UUID(row_id)
+    except ValueError:
+        raise HTTPException(422, "before: not a cursor from a previous page") from None
+
+
+def next_cursor(rows: list[dict[str, Any]], limit: int, time_key: str) -> str | None:
+    """The cursor for the page after ``rows`` (newest first), or None on the last page."""
+    if len(rows) < limit:
+        return None
+    last = rows[-1]
+    return base64.urlsafe_b64encode(f"{last[time_key].isoformat()}|{last['id']}".encode()).decode()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -13,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from central import audit, plates, storage
 from central.api.auth import requires
+from central.api.fields import decode_cursor, next_cursor
 from central.api.resources import NOT_FOUND, Res
 from central.users import Principal
 from shared.plates import normalize, strip
@@ -50,16 +50,6 @@ def _query(q: str, mode: str) -> str:
     return text
 
 
-def _cursor(before: str | None) -> tuple[datetime, UUID] | None:
-    if before is None:
-        return None
-    try:
-        when, row_id = base64.urlsafe_b64decode(before.encode()).decode().split("|")
-        return datetime.fromisoformat(when), UUID(row_id)
-    except ValueError:
-        raise HTTPException(422, "before: not a cursor from a previous page") from None
-
-
 @router.get("/api/plates")
 async def search_plates(
     r: Res,
@@ -76,7 +66,7 @@ async def search_plates(
     """Reads of a plate, newest first. Fuzzy treats OCR look-alikes (O/0, I/1, B/8, S/5, Z/2,
     G/6) as equal and also finds near misses. Every search is written to the audit log."""
     text = _query(q, mode)
-    cursor = _cursor(before)
+    cursor = decode_cursor(before)
     async with r.pool.acquire() as conn, conn.transaction():
         rows = await plates.search(
             conn, text, mode, who.city_list(), city_id=cidade_id, camera_id=camera_id,
@@ -88,12 +78,7 @@ async def search_plates(
              "camera_id": camera_id and str(camera_id), "results": len(rows)},
         )  # fmt: skip
     items = [PlateHit(**{k: v for k, v in row.items() if k != "image_url"}) for row in rows]
-    next_cursor = None
-    if len(rows) == limit:
-        last = rows[-1]
-        raw = f"{last['detected_at'].isoformat()}|{last['id']}"
-        next_cursor = base64.urlsafe_b64encode(raw.encode()).decode()
-    return SearchPage(items=items, next=next_cursor)
+    return SearchPage(items=items, next=next_cursor(rows, limit, "detected_at"))
 
 
 @router.get("/api/plates/{read_id}", responses=NOT_FOUND)
