@@ -74,7 +74,7 @@ async def probe(path: Path) -> ProbeResult:
     """Media duration and codec from the MP4's boxes; raises InvalidSegment if unplayable.
 
     In-process (agent/mp4.py): an ``ffprobe`` per segment cost ~80 ms of CPU, mostly process
-    start-up, which made recording several times dearer than ffmpeg itself (bench/segments.py).
+    start-up, which made recording several times dearer than ffmpeg itself (bench/recording.py).
     """
     try:
         info = await asyncio.to_thread(mp4.inspect, path)

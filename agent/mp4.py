@@ -1,7 +1,7 @@
 """In-process MP4 inspection: duration, codec and a keyframe start, from the box structure.
 
 Validating a closed segment with an ``ffprobe`` process costs ~80 ms of CPU per segment, mostly
-process start-up (bench/segments.py); walking the boxes costs well under a millisecond. Only the
+process start-up (bench/recording.py); walking the boxes costs well under a millisecond. Only the
 box headers and the ``moov`` box (a few KB) are read, never the media data.
 """
 

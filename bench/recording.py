@@ -1,4 +1,9 @@
-"""Agent recording CPU per stream-minute against plain ``ffmpeg -c copy`` segmenting."""
+"""Agent recording against plain ``ffmpeg -c copy`` segmenting of the same streams.
+
+For each stream count (8, 16, 32 by default) the same camera streams are recorded for a fixed
+time by bare ffmpeg and by the agent's recorder, alternately; prints CPU seconds per
+stream-hour for both, their ratio, resident memory and segment gaps. Last line: JSON.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +57,14 @@ class Phase:
     failed: int = 0  # baseline: ffmpeg processes that exited before the stop
     gaps: int = 0
     gap_details: list[str] = field(default_factory=list)
+    # Memory (PSS) just before the stop: every ffmpeg of the phase, and (agent only) the
+    # process hosting the recorders (the agent's Python side: loop, SQLite, hashing).
+    ffmpeg_rss_mb: float = 0.0
+    python_rss_mb: float = 0.0
+
+    @property
+    def rss_mb(self) -> float:
+        return self.ffmpeg_rss_mb + (self.python_rss_mb if self.kind == "agent" else 0.0)
 
     @property
     def cpu_s(self) -> float:
@@ -95,6 +108,20 @@ def child_pids() -> set[int]:
     return found
 
 
+def rss_mb(pid: int) -> float:
+    """Proportional set size of a live process in MiB (0 once it is gone): resident memory
+    with shared pages (ffmpeg's libraries) split between the processes sharing them, so that
+    summing over N ffmpegs does not count the libraries N times. VmRSS where PSS is missing."""
+    for name, key in (("smaps_rollup", "Pss:"), ("status", "VmRSS:")):
+        try:
+            for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return 0.0
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -133,6 +160,7 @@ def run_baseline(url: str, streams: int, seconds: int, work: Path) -> Phase:
             )
         time.sleep(seconds)
         phase.ffmpeg_live_cpu_s = sum(proc_cpu_s(p.pid) for p in procs)
+        phase.ffmpeg_rss_mb = sum(rss_mb(p.pid) for p in procs)
         phase.failed = sum(p.poll() is not None for p in procs)
     finally:
         for p in procs:
@@ -195,9 +223,10 @@ async def _agent(url: str, streams: int, seconds: int, work: Path, phase: Phase)
         ch0 = _rusage_s(resource.RUSAGE_CHILDREN)
         tasks = [asyncio.create_task(r.run()) for r in recorders]
         await asyncio.sleep(seconds)
-        phase.ffmpeg_live_cpu_s = sum(
-            proc_cpu_s(p) for p in child_pids() - keep if _comm(p) == "ffmpeg"
-        )
+        ffmpegs = [p for p in child_pids() - keep if _comm(p) == "ffmpeg"]
+        phase.ffmpeg_live_cpu_s = sum(proc_cpu_s(p) for p in ffmpegs)
+        phase.ffmpeg_rss_mb = sum(rss_mb(p) for p in ffmpegs)
+        phase.python_rss_mb = rss_mb(os.getpid())
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -245,26 +274,27 @@ def run_agent(url: str, streams: int, seconds: int, work: Path) -> Phase:
     return phase
 
 
-def _per_min(cpu_s: float, phase: Phase) -> float:
-    return cpu_s / phase.stream_minutes
+def _per_hour(cpu_s: float, phase: Phase) -> float:
+    return cpu_s / phase.stream_minutes * 60
 
 
 def report(phase: Phase) -> None:
     p = phase
     print(
         f"{p.kind:8s} {p.streams} x {p.seconds} s: "
-        f"{_per_min(p.cpu_s, p):.3f} CPU s/stream-min (total {p.cpu_s:.2f} s: "
+        f"{_per_hour(p.cpu_s, p):.1f} CPU s/stream-hour (total {p.cpu_s:.2f} s: "
         f"ffmpeg live {p.ffmpeg_live_cpu_s:.2f}, children reaped {p.children_cpu_s:.2f}"
         + (f", python {p.self_cpu_s:.2f}" if p.kind == "agent" else "")
-        + f"); segments {p.segments}",
+        + f"); segments {p.segments}; RSS {p.rss_mb:.0f} MiB",
         flush=True,
     )
     if p.kind == "agent":
-        # Children minus live ffmpeg = ffprobe per segment plus ffmpeg's own shutdown.
+        # Children minus live ffmpeg = ffmpeg's own shutdown (validation runs in-process).
         other = p.children_cpu_s - p.ffmpeg_live_cpu_s
         per_seg = other / p.segments * 1000 if p.segments else 0.0
         print(
-            f"         ffprobe+shutdown {other:.2f} s ({per_seg:.1f} ms/segment), "
+            f"         ffmpeg shutdown {other:.2f} s ({per_seg:.1f} ms/segment), "
+            f"python RSS {p.python_rss_mb:.0f} MiB, "
             f"python {p.self_cpu_s / p.segments * 1000 if p.segments else 0.0:.1f} ms/segment; "
             f"runs {p.runs} for {p.streams} streams; gaps {p.gaps}",
             flush=True,
@@ -276,31 +306,65 @@ def report(phase: Phase) -> None:
     print(f"         per stream: {sorted(p.per_stream.values())}", flush=True)
 
 
+def _stream_counts(text: str) -> list[int]:
+    counts = [int(x) for x in text.split(",") if x.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("stream counts are positive integers, e.g. 8,16,32")
+    return counts
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="4 streams x 20 s at 720p, one round")
-    ap.add_argument("--streams", type=int, help="concurrent streams (default 16, quick 4)")
+    ap.add_argument("--quick", action="store_true", help="8 streams x 20 s at 1080p, one round")
+    ap.add_argument(
+        "--streams", type=_stream_counts, help="stream counts, comma-separated (default 8,16,32)"
+    )
     ap.add_argument("--seconds", type=int, help="recording time per phase (default 60, quick 20)")
-    ap.add_argument("--width", type=int, help="scene width (default 1920, quick 1280)")
-    ap.add_argument("--height", type=int, help="scene height (default 1080, quick 720)")
+    ap.add_argument("--width", type=int, default=1920, help="scene width (default 1920)")
+    ap.add_argument("--height", type=int, default=1080, help="scene height (default 1080)")
     ap.add_argument("--rounds", type=int, help="baseline+agent pairs, alternated (default 2/1)")
     args = ap.parse_args(argv)
     q = args.quick
-    args.streams = args.streams or (4 if q else 16)
+    args.streams = args.streams or ([8] if q else [8, 16, 32])
     args.seconds = args.seconds or (20 if q else 60)
-    args.width = args.width or (1280 if q else 1920)
-    args.height = args.height or (720 if q else 1080)
     args.rounds = args.rounds or (1 if q else 2)
-    if args.streams < 1 or args.seconds < 2 * SEGMENT_SECONDS or args.rounds < 1:
-        ap.error(f"need --streams >= 1, --seconds >= {2 * SEGMENT_SECONDS}, --rounds >= 1")
+    if args.seconds < 2 * SEGMENT_SECONDS or args.rounds < 1:
+        ap.error(f"need --seconds >= {2 * SEGMENT_SECONDS}, --rounds >= 1")
     return args
+
+
+def summary(streams: int, phases: list[Phase]) -> dict[str, Any]:
+    """Figures for one stream count from its baseline and agent phases."""
+    base = [p for p in phases if p.kind == "baseline"]
+    agent = [p for p in phases if p.kind == "agent"]
+    hours = sum(p.stream_minutes for p in agent) / 60
+    base_rate = sum(p.cpu_s for p in base) / (sum(p.stream_minutes for p in base) / 60)
+    agent_rate = sum(p.cpu_s for p in agent) / hours
+    return {
+        "streams": streams,
+        "baseline_cpu_s_per_stream_hour": round(base_rate, 1),
+        "agent_cpu_s_per_stream_hour": round(agent_rate, 1),
+        "cpu_ratio_vs_ffmpeg": round(agent_rate / base_rate, 3) if base_rate else None,
+        "baseline_rss_mb": round(max(p.rss_mb for p in base), 1),
+        "agent_rss_mb": round(max(p.rss_mb for p in agent), 1),
+        "agent_python_rss_mb": round(max(p.python_rss_mb for p in agent), 1),
+        "agent_segments": sum(p.segments for p in agent),
+        "baseline_segments": sum(p.segments for p in base),
+        "baseline_failed": sum(p.failed for p in base),
+        "agent_runs": sum(p.runs for p in agent),
+        "gaps": sum(p.gaps for p in agent),
+        "agent_ffmpeg_cpu_s_per_stream_hour": round(
+            sum(p.ffmpeg_live_cpu_s for p in agent) / hours, 1
+        ),
+        "agent_python_cpu_s_per_stream_hour": round(sum(p.self_cpu_s for p in agent) / hours, 1),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     resolution = f"{args.width}x{args.height}"
-    state = Path(tempfile.mkdtemp(prefix="gtv-bench-segments-"))
+    state = Path(tempfile.mkdtemp(prefix="gtv-bench-recording-"))
     # Scene renders are deterministic: share the cache the test fixtures use.
     scene_dir = default_state_dir() / "cache" / "scenes"
     t0 = time.monotonic()
@@ -311,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = free_port()
     cam = camera.start_camera(video.video, port, state / "camera.log")
     holder: subprocess.Popen[bytes] | None = None
-    phases: list[Phase] = []
+    results: list[dict[str, Any]] = []
     try:
         url = camera.rtsp_url(port)
         camera.wait_camera_ready(url, 30.0, log=state / "camera.log", process=cam)
@@ -324,22 +388,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         time.sleep(2)
         print(
-            f"camera {url} (pid {cam.pid}), {args.streams} streams x {args.seconds} s "
+            f"camera {url} (pid {cam.pid}), streams {args.streams} x {args.seconds} s "
             f"at {resolution}, {args.rounds} round(s), state {state}",
             flush=True,
         )
-        for r in range(args.rounds):
-            for kind in ("baseline", "agent"):
-                if holder.poll() is not None:
-                    print("warning: the holder client exited; the camera may answer 503")
-                work = state / f"{kind}-{r}"
-                work.mkdir()
-                run = run_baseline if kind == "baseline" else run_agent
-                phase = run(url, args.streams, args.seconds, work)
-                report(phase)
-                phases.append(phase)
-                shutil.rmtree(work, ignore_errors=True)  # 1080p segments add up quickly
-                time.sleep(1)
+        for streams in args.streams:
+            phases: list[Phase] = []
+            for r in range(args.rounds):
+                for kind in ("baseline", "agent"):
+                    if holder.poll() is not None:
+                        print("warning: the holder client exited; the camera may answer 503")
+                    work = state / f"{streams}-{kind}-{r}"
+                    work.mkdir()
+                    run = run_baseline if kind == "baseline" else run_agent
+                    phase = run(url, streams, args.seconds, work)
+                    report(phase)
+                    phases.append(phase)
+                    shutil.rmtree(work, ignore_errors=True)  # 1080p segments add up quickly
+                    time.sleep(1)
+            results.append(summary(streams, phases))
+            r0 = results[-1]
+            print(
+                f"{streams} streams: baseline {r0['baseline_cpu_s_per_stream_hour']} vs agent "
+                f"{r0['agent_cpu_s_per_stream_hour']} CPU s/stream-hour, ratio "
+                f"{r0['cpu_ratio_vs_ffmpeg']} (target <= 1.2), gaps {r0['gaps']}, "
+                f"RSS agent {r0['agent_rss_mb']} MiB vs ffmpeg {r0['baseline_rss_mb']} MiB",
+                flush=True,
+            )
     finally:
         for proc in (holder, cam):
             if proc is not None and proc.poll() is None:
@@ -351,44 +426,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     proc.wait()
         shutil.rmtree(state, ignore_errors=True)
 
-    base = [p for p in phases if p.kind == "baseline"]
-    agent = [p for p in phases if p.kind == "agent"]
-    minutes = args.streams * args.seconds / 60 * args.rounds
-    base_rate = sum(p.cpu_s for p in base) / minutes
-    agent_rate = sum(p.cpu_s for p in agent) / minutes
-    ratio = agent_rate / base_rate if base_rate > 0 else float("inf")
-    agent_children = sum(p.children_cpu_s for p in agent)
-    agent_ffmpeg = sum(p.ffmpeg_live_cpu_s for p in agent)
-    agent_self = sum(p.self_cpu_s for p in agent)
-    print(
-        f"baseline {base_rate:.3f} vs agent {agent_rate:.3f} CPU s/stream-min: "
-        f"ratio {ratio:.2f} (target <= 1.2)",
-        flush=True,
-    )
+    largest = max(results, key=lambda r: r["streams"])
     result: dict[str, Any] = {
-        "bench": "segments",
-        "streams": args.streams,
+        "bench": "recording",
+        "streams": largest["streams"],
+        "cpu_ratio_vs_ffmpeg": largest["cpu_ratio_vs_ffmpeg"],
+        "gaps": sum(r["gaps"] for r in results),
+        "agent_rss_mb": largest["agent_rss_mb"],
+        "baseline_rss_mb": largest["baseline_rss_mb"],
         "seconds": args.seconds,
         "resolution": resolution,
-        "baseline_cpu_s_per_stream_min": round(base_rate, 4),
-        "agent_cpu_s_per_stream_min": round(agent_rate, 4),
-        "cpu_ratio": round(ratio, 3),
-        "agent_segments": sum(p.segments for p in agent),
-        "gaps": sum(p.gaps for p in agent),
-        "quick": args.quick,
+        "segment_seconds": SEGMENT_SECONDS,
         "rounds": args.rounds,
-        "baseline_segments": sum(p.segments for p in base),
-        "baseline_failed": sum(p.failed for p in base),
-        "agent_runs": sum(p.runs for p in agent),
-        "agent_ffmpeg_cpu_s_per_stream_min": round(agent_ffmpeg / minutes, 4),
-        "agent_probe_and_stop_cpu_s_per_stream_min": round(
-            (agent_children - agent_ffmpeg) / minutes, 4
-        ),
-        "agent_python_cpu_s_per_stream_min": round(agent_self / minutes, 4),
+        "quick": args.quick,
+        "by_streams": results,
     }
     print(json.dumps(result))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
