@@ -8,6 +8,7 @@ import hmac
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -146,3 +147,75 @@ def verify_token(token: str, secret: str, now_s: float | None = None) -> UUID | 
 def _sign(body: str, secret: str) -> str:
     mac = hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+# --- administration (users:admin) --------------------------------------------------------------
+
+_USER_COLUMNS = """
+    u.id, u.email, coalesce(u.is_active, TRUE) AS is_active, u.created_at,
+    coalesce((SELECT array_agg(r.name ORDER BY r.name) FROM user_roles ur
+              JOIN roles r ON r.id = ur.role_id WHERE ur.user_id = u.id), '{}') AS roles,
+    coalesce((SELECT array_agg(uc.cidade_id ORDER BY uc.cidade_id) FROM user_cidades uc
+              WHERE uc.user_id = u.id), '{}') AS cidade_ids,
+    coalesce((SELECT bool_or(r.permissions @> '["*"]') FROM user_roles ur
+              JOIN roles r ON r.id = ur.role_id WHERE ur.user_id = u.id), FALSE) AS superuser
+"""
+# A scoped administrator manages only users confined to their cities: no superuser, and no city
+# outside the scope (a user with no city yet is manageable by any administrator).
+_MANAGEABLE = """
+    ($1::uuid[] IS NULL OR (
+        NOT coalesce((SELECT bool_or(r.permissions @> '["*"]') FROM user_roles ur
+                      JOIN roles r ON r.id = ur.role_id WHERE ur.user_id = u.id), FALSE)
+        AND NOT EXISTS (SELECT 1 FROM user_cidades uc
+                        WHERE uc.user_id = u.id AND NOT uc.cidade_id = ANY($1))))
+"""
+
+
+async def list_users(conn: asyncpg.Connection, scope: list[UUID] | None) -> list[dict[str, Any]]:
+    """Users the administrator with ``scope`` (None: every city) may manage, by e-mail."""
+    rows = await conn.fetch(
+        f"SELECT {_USER_COLUMNS} FROM users u WHERE {_MANAGEABLE} ORDER BY u.email",  # noqa: S608
+        scope,
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_user(
+    conn: asyncpg.Connection, user_id: UUID, scope: list[UUID] | None
+) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_USER_COLUMNS} FROM users u WHERE {_MANAGEABLE} AND u.id = $2",  # noqa: S608
+        scope, user_id,
+    )  # fmt: skip
+    return None if row is None else dict(row)
+
+
+async def set_roles(conn: asyncpg.Connection, user_id: UUID, role_ids: list[UUID]) -> None:
+    """Replace the user's roles."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM user_roles WHERE user_id = $1", user_id)
+        await conn.executemany(
+            "INSERT INTO user_roles (user_id, role_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            [(user_id, role_id) for role_id in role_ids],
+        )
+
+
+async def set_cities(conn: asyncpg.Connection, user_id: UUID, city_ids: list[UUID]) -> None:
+    """Replace the cities the user may see."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM user_cidades WHERE user_id = $1", user_id)
+        await conn.executemany(
+            "INSERT INTO user_cidades (user_id, cidade_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            [(user_id, city_id) for city_id in city_ids],
+        )
+
+
+async def set_active(conn: asyncpg.Connection, user_id: UUID, active: bool) -> None:
+    """A deactivated user cannot log in, and their sessions stop working at the next request."""
+    await conn.execute("UPDATE users SET is_active = $2 WHERE id = $1", user_id, active)
+
+
+async def set_password(conn: asyncpg.Connection, user_id: UUID, password: str) -> None:
+    await conn.execute(
+        "UPDATE users SET password_hash = $2 WHERE id = $1", user_id, _hasher.hash(password)
+    )

@@ -13,6 +13,7 @@ from fastapi import FastAPI, HTTPException
 
 from central import storage, users
 from central.api import agents, auth, cameras, mosaics, plates, watchlists
+from central.api import users as users_api
 from central.api.resources import Res, Resources
 from central.broker import BrokerAdmin
 from central.db import create_pool
@@ -58,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_api_route("/api/health", health, methods=["GET"], tags=["ops"])
     for router in (
         auth.router, cameras.router, agents.router, mosaics.router, plates.router,
-        watchlists.router,
+        users_api.router, watchlists.router,
     ):  # fmt: skip
         app.include_router(router)
     return app
