@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -46,6 +47,31 @@ async def test_failed_logins_are_limited_per_email(
     assert (
         await post("/api/auth/login", json={"email": email, "password": PASSWORD})
     ).status_code == 200
+
+
+async def test_redis_down_and_back_keeps_the_api_working(
+    central_api: CentralProcess, db_pool: asyncpg.Pool, devstack_services: Any
+) -> None:
+    """Redis is a cache: while it is down, logins and scoped reads still work (the rate limit is
+    not counted, and says so in the log); once it is back, the limit counts again."""
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    async with db_pool.acquire() as conn:
+        await users.ensure_admin(conn, email, PASSWORD)
+    post = central_api.http.post
+    login = {"email": email, "password": PASSWORD}
+    devstack_services.stop("redis")
+    try:
+        resp = await post("/api/auth/login", json=login)
+        assert resp.status_code == 200, resp.text
+        token = {"Authorization": f"Bearer {resp.json()['token']}"}
+        assert (await central_api.http.get("/api/agents", headers=token)).status_code == 200
+        assert (await central_api.http.get("/api/cities", headers=token)).status_code == 200
+    finally:
+        devstack_services.get("redis")
+    for _ in range(ratelimit.MAX_FAILURES_PER_EMAIL):
+        resp = await post("/api/auth/login", json={"email": email, "password": "wrong"})
+        assert resp.status_code == 401
+    assert (await post("/api/auth/login", json=login)).status_code == 429
 
 
 def test_tokens_are_signed_and_expire() -> None:
