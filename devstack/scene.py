@@ -111,12 +111,20 @@ def _put_centred(
 
 
 def render_plate(
-    plate: str, fmt: PlateFormat, width: int, height: int, rng: random.Random
+    plate: str,
+    fmt: PlateFormat,
+    width: int,
+    height: int,
+    rng: random.Random,
+    *,
+    font: int = cv2.FONT_HERSHEY_DUPLEX,
+    weight: float = 0.06,
+    ink: tuple[int, int, int] = (15, 15, 15),
 ) -> Image:
-    """The plate as a BGR image of ``width`` x ``height`` pixels."""
+    """The plate as a BGR image of ``width`` x ``height`` pixels; ``font`` (an OpenCV Hershey
+    font) and ``weight`` (stroke width as a share of the plate's height) vary the glyphs."""
     s = _SUPERSAMPLE
     w, h = width * s, height * s
-    font = cv2.FONT_HERSHEY_DUPLEX
     if fmt == "mercosul":
         img = np.full((h, w, 3), 255, np.uint8)
         band = round(h * 0.24)
@@ -141,9 +149,9 @@ def render_plate(
         small = _fit_text(city, cv2.FONT_HERSHEY_SIMPLEX, w * 0.55, band * 0.6, s)
         _put_centred(img, city, (w / 2, band * 0.6), cv2.FONT_HERSHEY_SIMPLEX, small, (20,) * 3, s)
         text, top = f"{plate[:3]}-{plate[3:]}", band
-    thick = max(2, round(h * 0.06))
+    thick = max(2, round(h * weight))
     scale = _fit_text(text, font, w * 0.88, (h - top) * 0.62, thick)
-    _put_centred(img, text, (w / 2, top + (h - top) * 0.5), font, scale, (15, 15, 15), thick)
+    _put_centred(img, text, (w / 2, top + (h - top) * 0.5), font, scale, ink, thick)
     cv2.rectangle(img, (0, 0), (w - 1, h - 1), (30, 30, 30), 2 * s)
     small_img: Image = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA).astype(
         np.uint8
@@ -572,6 +580,191 @@ def make_scene_video(
         tmp_video.unlink(missing_ok=True)
         tmp_truth.unlink(missing_ok=True)
     return result
+
+
+# --- Labelled scenes for the LPR benchmark (bench/lpr.py) -----------------------------------
+
+_FONTS = (
+    cv2.FONT_HERSHEY_DUPLEX,
+    cv2.FONT_HERSHEY_SIMPLEX,
+    cv2.FONT_HERSHEY_COMPLEX,
+    cv2.FONT_HERSHEY_TRIPLEX,
+)
+# Text that is not a plate: shop fronts, street and traffic signs, car stickers.
+_SIGNS = (
+    "PADARIA", "FARMACIA", "PARE", "ESTACIONAMENTO", "VELOCIDADE 60", "AV PAULISTA",
+    "ACOUGUE BOM PRECO", "ALUGA-SE", "TEL 3232-1234", "ONIBUS", "RUA 7 DE SETEMBRO",
+    "HOTEL 2000", "BAR DO ZE", "KM 123", "SAIDA 45B", "PROIBIDO ESTACIONAR", "ESCOLA",
+    "LOJA 24H", "CEP 01310-100", "OFICINA", "LAVA JATO", "DISK 0800 123", "TAXI", "CENTRO",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """How one passage (or plate-free frame) is degraded."""
+
+    font: int  # OpenCV Hershey font of the plate's glyphs
+    weight: float  # glyph stroke width / plate height
+    plate_width: int  # px at 720p (plates are 3.08 times as wide as high)
+    tilt_deg: float  # camera roll
+    skew: float  # horizontal shear, a stand-in for a camera looking from the side
+    blur: float  # Gaussian sigma, px
+    noise: float  # Gaussian noise sigma, grey levels
+    night: bool  # dark scene, the plate lit by its lamp
+    jpeg_quality: int
+    signs: int  # distractor text boards in view
+
+    def label(self) -> str:
+        return "night" if self.night else "day"
+
+
+@dataclass
+class Passage:
+    """One vehicle crossing the view: its plate and the frames an LPR camera would sample."""
+
+    vehicle_id: int
+    plate: str
+    fmt: PlateFormat
+    conditions: Conditions
+    frames: list[Image]
+
+
+def random_conditions(rng: random.Random) -> Conditions:
+    return Conditions(
+        font=rng.choice(_FONTS),
+        weight=rng.uniform(0.045, 0.075),
+        plate_width=round(rng.uniform(95, 200)),
+        tilt_deg=rng.uniform(-6, 6),
+        skew=rng.uniform(-0.15, 0.15),
+        blur=rng.choice((0.0, 0.0, rng.uniform(0.5, 1.8))),
+        noise=rng.uniform(0, 10),
+        night=rng.random() < 0.25,
+        jpeg_quality=rng.randint(35, 90),
+        signs=rng.randint(0, 4),
+    )
+
+
+def _draw_signs(img: Image, rng: random.Random, count: int, scale: float) -> None:
+    """Boards with text that is not a plate, on the buildings and the pavement."""
+    w = img.shape[1]
+    for _ in range(count):
+        text = rng.choice(_SIGNS)
+        font = rng.choice(_FONTS)
+        fs = rng.uniform(0.5, 1.1) * scale
+        thick = max(1, round(fs * 2))
+        (tw, th), base = cv2.getTextSize(text, font, fs, thick)
+        pad = round(8 * scale)
+        x = rng.randint(0, max(0, w - tw - 2 * pad))
+        y = rng.randint(round(40 * scale), max(round(41 * scale), round(240 * scale) - th))
+        light = rng.random() < 0.5
+        board = (
+            (235, 235, 235) if light else rng.choice(((30, 90, 30), (40, 40, 160), (120, 60, 20)))
+        )
+        ink = (20, 20, 20) if light else (245, 245, 245)
+        cv2.rectangle(img, (x, y), (x + tw + 2 * pad, y + th + base + 2 * pad), board, -1)
+        org = (x + pad, y + pad + th)
+        cv2.putText(img, text, org, font, fs, ink, thick, cv2.LINE_AA)
+
+
+def _degrade(frame: Image, cond: Conditions, rng: random.Random, lit: Image | None) -> Image:
+    """Night, camera roll and skew, blur, noise and JPEG, in that order. ``lit`` masks the
+    pixels a plate lamp keeps visible at night."""
+    h, w = frame.shape[:2]
+    out: npt.NDArray[Any] = frame.astype(np.float32)
+    if cond.night:
+        dark = out * 0.22 + np.array([18, 8, 4], np.float32)
+        if lit is not None:
+            keep = (lit > 0)[..., None]
+            dark = np.where(keep, out * 0.75, dark)
+        out = dark
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), cond.tilt_deg, 1.0)
+    m[0, 1] += cond.skew
+    m[0, 2] -= cond.skew * h / 2
+    out = cv2.warpAffine(out, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if cond.blur > 0:
+        out = cv2.GaussianBlur(out, (0, 0), cond.blur)
+    if cond.noise > 0:
+        noise_rng = np.random.default_rng(rng.getrandbits(32))
+        out = out + noise_rng.normal(0, cond.noise, out.shape).astype(np.float32)
+    img = out.clip(0, 255).astype(np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cond.jpeg_quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return np.asarray(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), np.uint8)
+
+
+def _scene_frame(
+    background: Image, sprite: Image, mask: Image, x: int, y: int
+) -> tuple[Image, Image]:
+    """The background with a sprite pasted at (x, y), and the sprite's mask in frame pixels."""
+    frame = background.copy()
+    full = np.zeros(frame.shape[:2], np.uint8)
+    w = frame.shape[1]
+    sh, sw = sprite.shape[:2]
+    a, b = max(0, -x), min(sw, w - x)
+    if a < b:
+        dst = frame[y : y + sh, x + a : x + b]
+        cv2.copyTo(sprite[:, a:b], mask[:, a:b], dst)
+        full[y : y + sh, x + a : x + b] = mask[:, a:b]
+    return frame, full
+
+
+def bench_passages(
+    seed: int, count: int, *, frames: int = 5, width: int = 1280, height: int = 720
+) -> Iterator[Passage]:
+    """``count`` labelled passages, each a vehicle crossing a varied scene (fonts, sizes,
+    angles, blur, noise, night, distractor text), both plate formats, ``frames`` frames each
+    while its plate is in view. Deterministic for a seed."""
+    rng = random.Random(seed)
+    scale = height / 720
+    for vehicle_id in range(1, count + 1):
+        cond = random_conditions(rng)
+        fmt: PlateFormat = "mercosul" if rng.random() < 0.6 else "old"
+        plate = random_plate(rng, fmt)
+        pw = round(cond.plate_width * scale)
+        ph = round(pw / 3.08)
+        plate_img = render_plate(plate, fmt, pw, ph, rng, font=cond.font, weight=cond.weight)
+        direction = rng.choice((1, -1))
+        sprite, mask, (px, py) = _render_car(rng, scale, direction, plate_img)
+        background = _background(width, height, scale, random.Random(rng.getrandbits(32)))
+        _draw_signs(background, rng, cond.signs, scale)
+        max_car_h = round((70 + 100 + 32) * scale)
+        row = rng.choice(_lane_rows(height, scale, max_car_h))
+        y = row + (max_car_h - sprite.shape[0])
+        # plate's left edge from 5 % to 95 % - its width of the frame
+        lo, hi = round(width * 0.05), round(width * 0.95) - pw
+        images = []
+        for i in range(frames):
+            plate_x = lo + (hi - lo) * (i + rng.uniform(0.1, 0.9)) / frames
+            x = round(plate_x) - px
+            frame, _ = _scene_frame(background, sprite, mask, x, y)
+            lit = np.zeros(frame.shape[:2], np.uint8)
+            cv2.rectangle(lit, (x + px, y + py), (x + px + pw, y + py + ph), 255, -1)
+            images.append(_degrade(frame, cond, rng, lit))
+        yield Passage(vehicle_id, plate, fmt, cond, images)
+
+
+def bench_empty_frames(
+    seed: int, count: int, *, width: int = 1280, height: int = 720
+) -> Iterator[tuple[Conditions, Image]]:
+    """Frames with no plate in view: the street, distractor text and cars whose plate holder
+    is empty. Any read on them is a false read."""
+    rng = random.Random(seed)
+    scale = height / 720
+    for _ in range(count):
+        cond = random_conditions(rng)
+        cond = Conditions(**{**cond.__dict__, "signs": rng.randint(2, 6)})
+        background = _background(width, height, scale, random.Random(rng.getrandbits(32)))
+        _draw_signs(background, rng, cond.signs, scale)
+        frame = background
+        max_car_h = round((70 + 100 + 32) * scale)
+        for row in _lane_rows(height, scale, max_car_h)[: rng.randint(0, 2)]:
+            pw = round(cond.plate_width * scale)
+            holder = np.full((round(pw / 3.08), pw, 3), 45, np.uint8)
+            sprite, mask, _ = _render_car(rng, scale, rng.choice((1, -1)), holder)
+            x = rng.randint(-sprite.shape[1] // 3, width - 2 * sprite.shape[1] // 3)
+            frame, _ = _scene_frame(frame, sprite, mask, x, row + max_car_h - sprite.shape[0])
+        yield cond, _degrade(frame, cond, rng, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

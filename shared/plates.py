@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 # Canonical storage form: seven characters, upper case, no separator.
@@ -63,3 +65,139 @@ def to_mercosul(plate: str) -> str:
     if not OLD_RE.match(plate):
         return plate
     return plate[:4] + _MERCOSUL_LETTER[int(plate[4])] + plate[5:]
+
+
+# --- Reading OCR output (agent/lpr) ---------------------------------------------------------
+
+# The letter classes of each format by position: True = letter, False = digit.
+_LAYOUT: dict[PlateFormat, tuple[bool, ...]] = {
+    "mercosul": (True, True, True, False, True, False, False),
+    "old": (True, True, True, False, False, False, False),
+}
+# Look-alikes across the two classes, both ways (a superset of the position fixes above).
+_CONFUSABLE: dict[str, str] = {
+    **{d: letter for d, letter in _TO_LETTER.items()},
+    **{letter: d for letter, d in _TO_DIGIT.items()},
+    "0": "O",
+}
+# What a plate's frame or a screw looks like when read as a glyph; only these may be dropped
+# around seven characters.
+BORDER_GLYPHS = frozenset("I1LJT")
+TWIN_WEIGHT = 0.5
+MAX_FIXES = 2  # more look-alike corrections than this and the text is not taken for a plate
+
+
+# Pairs that the plates' fonts barely tell apart: where the plate's look (Mercosul's blue band,
+# the old grey plate) fixes the fifth character's class, it overrules the reading for these.
+_TWINS = frozenset({"O0", "0O", "I1", "1I", "B8", "8B", "S5", "5S", "Z2", "2Z", "G6", "6G",
+                    "Q0", "D0"})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Reading:
+    plate: str
+    fmt: PlateFormat
+    score: float  # geometric mean over the seven positions
+    fixes: int  # look-alike corrections
+    fifth: str  # the fifth character as read + as corrected ("" if not corrected)
+
+
+def _read_as(positions: list[dict[str, float]], fmt: PlateFormat) -> _Reading | None:
+    """The best plate of ``fmt`` for seven positions of character probabilities. A position's
+    score for a character includes half the probability of its look-alike of the other class."""
+    chars: list[str] = []
+    log_score = 0.0
+    fixes = 0
+    fifth = ""
+    for i, (probs, letter) in enumerate(zip(positions, _LAYOUT[fmt], strict=True)):
+        best, best_p, fixed = "", 0.0, False
+        options = set(probs) | {_CONFUSABLE[c] for c in probs if c in _CONFUSABLE}
+        for ch in sorted(options):
+            if ch.isalpha() != letter:
+                continue
+            p = probs.get(ch, 0.0)
+            twin = _CONFUSABLE.get(ch)
+            twin_p = probs.get(twin, 0.0) if twin and twin.isalpha() != letter else 0.0
+            # A look-alike of the other class counts, at half weight: the fix is plausible,
+            # but a confident reading of the other class is evidence against the format.
+            if p + TWIN_WEIGHT * twin_p > best_p:
+                best, best_p, fixed = ch, p + TWIN_WEIGHT * twin_p, twin_p > p
+        if not best or best_p <= 0.0:
+            return None
+        chars.append(best)
+        log_score += math.log(min(1.0, best_p))
+        fixes += fixed
+        if fixed and i == 4:
+            fifth = max(probs, key=probs.__getitem__) + best
+    return _Reading("".join(chars), fmt, math.exp(log_score / len(chars)), fixes, fifth)
+
+
+def plate_from_alternatives(
+    positions: list[dict[str, float]], style: PlateFormat | None = None, max_fixes: int = MAX_FIXES
+) -> tuple[str, float] | None:
+    """The most likely canonical plate for an OCR reading given as per-character probabilities
+    (one ``{char: probability}`` per emitted character), with its confidence; None when the text
+    cannot be a plate.
+
+    ``style`` is what the plate looks like, when known (Mercosul's blue band; the old grey
+    plate): it decides the fifth character's class between look-alikes the fonts barely tell
+    apart (O/0, I/1, B/8, S/5, Z/2, G/6); a clearly different glyph (an ``E``, an ``A`` read
+    where the look says old format) keeps the text's own format. Readings of 8 or 9 characters
+    are tried at each 7-character window when what is left out looks like the plate's frame
+    (``I``, ``1``...). More than ``max_fixes`` look-alike corrections reject the text: signs
+    and shop names bent into a plate shape (``PADARIA`` would need three) are not plates.
+    """
+    if not 7 <= len(positions) <= 9:
+        return None
+    readings: list[tuple[_Reading, float]] = []
+    for start in range(len(positions) - 6):
+        extra = positions[:start] + positions[start + 7 :]
+        if not all(max(p, key=p.__getitem__, default="") in BORDER_GLYPHS for p in extra):
+            continue  # "HOTEL 2000" must not become TEL2000
+        window = positions[start : start + 7]
+        for fmt in ("mercosul", "old"):
+            got = _read_as(window, fmt)
+            if got is not None and got.fixes <= max_fixes:
+                # Characters outside the window cost confidence.
+                readings.append((got, got.score * 0.9 ** (len(positions) - 7)))
+    if style:
+        styled = [
+            r for r in readings if r[0].fmt == style and (not r[0].fifth or r[0].fifth in _TWINS)
+        ]
+        if styled:
+            best = max(styled, key=lambda r: r[1] * 0.97 ** r[0].fixes)
+            return best[0].plate, best[1]
+    if not readings:
+        return None
+    # Corrections cost a little, so that a tie (O or 0 equally likely) keeps what was read.
+    best = max(readings, key=lambda r: r[1] * 0.97 ** r[0].fixes)
+    return best[0].plate, best[1]
+
+
+def read_plate(
+    text: str, style: PlateFormat | None = None, max_fixes: int = MAX_FIXES
+) -> str | None:
+    """Canonical plate for OCR text (exact characters, no probabilities), or None.
+
+    Like ``normalize`` but strict about what is not a plate: at most ``max_fixes`` look-alike
+    corrections, and ``style`` (when the plate's look is known) decides the fifth character's
+    class.
+    """
+    raw = strip(text)
+    got = plate_from_alternatives([{ch: 1.0} for ch in raw], style, max_fixes)
+    return got[0] if got else None
+
+
+def edit_distance(a: str, b: str, limit: int = 2) -> int:
+    """Levenshtein distance between two plates, capped at ``limit`` + 1 (cheap for watchlists)."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+        if min(cur) > limit:
+            return limit + 1
+        prev = cur
+    return min(prev[-1], limit + 1)
