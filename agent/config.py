@@ -120,6 +120,23 @@ class StorageConfig(Strict):
         return self
 
 
+class SyncConfig(Strict):
+    """How the relay uses the link to central (docs/design/sync.md "Throughput and priorities")."""
+
+    max_upload_mbps: float = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Cap on blob uploads (video, images) in megabits per second "
+        "(1 Mbps = 125,000 bytes/s), so recordings catching up leave room on the link; "
+        "0 = unlimited. Plate reads and other messages are never held back by it.",
+    )
+
+    def upload_bytes_per_s(self) -> float | None:
+        """The cap in bytes per second, or None when uploads are unlimited."""
+        return self.max_upload_mbps * 125_000 if self.max_upload_mbps else None
+
+
 class CentralConfig(Strict):
     api_url: str = Field(description="Central HTTP API base URL, e.g. https://central.example/")
     amqp_url: SecretStr = Field(description="RabbitMQ URL with this agent's credentials.")
@@ -133,6 +150,9 @@ class AgentConfig(Strict):
     central: CentralConfig = Field(description="How to reach central.")
     storage: StorageConfig = Field(
         StorageConfig(), description="Disk budget of the spool; applied live on reload."
+    )
+    sync: SyncConfig = Field(
+        SyncConfig(), description="Use of the link to central; applied on restart."
     )
     cameras: dict[CameraKey, CameraConfig] = Field(
         default_factory=dict,

@@ -1,5 +1,12 @@
 """Publishes outbox rows to central: blobs by claim-check to object storage, then the message to
-RabbitMQ with publisher confirms. A row is marked sent only after the broker's Basic.Ack."""
+RabbitMQ with publisher confirms. A row is marked sent only after the broker's Basic.Ack.
+
+Two lanes, each with its own AMQP connection and backoff (docs/design/sync.md, "Throughput and
+priorities"): messages (plate reads, loss events) go out in a sliding window of confirms, plate
+reads many to a message; blobs (thumbnails, then video) are uploaded one at a time, paced by
+``sync.max_upload_mbps``, and only while no message is waiting. A slow or capped upload never
+holds back a plate read, and an object store that is down never stops the messages.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -19,8 +27,16 @@ import httpx
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
 from agent.config import AgentConfig
-from agent.store import OutboxRow, Store
-from shared.messages import BlobRef, Heartbeat, SegmentRecorded, ThumbnailTaken, encode
+from agent.store import OutboxRow, RawOutboxRow, Store
+from shared.messages import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_READS,
+    BlobRef,
+    Heartbeat,
+    SegmentRecorded,
+    ThumbnailTaken,
+    encode,
+)
 from shared.topology import find_events_exchange, routing_key
 
 log = logging.getLogger(__name__)
@@ -31,17 +47,31 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     AGENT_VERSION = "unknown"
 
 PUBLISH_TIMEOUT_S = 10.0
-# Rows fetched per round; message-only rows among them are all in flight at once.
-BATCH_ROWS = 500
+# Message rows read from SQLite per query; the window reads on while earlier ones are in flight.
+FETCH_ROWS = 500
+# Plate reads per AMQP message (PlateReadBatch). 1 sends each read alone.
+PLATE_READS_PER_MESSAGE = 100
+# Reads in flight at once; the window in messages is this over the reads per message.
+WINDOW_READS = 2000
+MAX_WINDOW_MESSAGES = 500
+# Acked rows marked sent per SQLite transaction (one fsync), while publishing goes on.
+MARK_ROWS = 500
 BLOB_ROWS_PER_ROUND = 4
 CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg"}
 # Outbox kinds whose payload is the whole wire message (no blob to upload first).
-MESSAGE_ONLY_KINDS = frozenset({"plate_read", "loss_event"})
+MESSAGE_ONLY_KINDS = ("plate_read", "loss_event")
+# Outbox kinds with a blob, in the blob lane; the store's priorities order them.
+BLOB_KINDS = ("thumbnail", "segment")
 HEARTBEAT_INTERVAL_S = 10.0
 IDLE_POLL_S = 0.5
 UPLOAD_TIMEOUT_S = 120.0
+# Paced uploads go in chunks of at most this (smaller under a low cap, for an even rate).
+UPLOAD_CHUNK_BYTES = 64 * 1024
 # Short heartbeats: a half-open link is noticed in seconds, not the default minutes.
 AMQP_HEARTBEAT_S = 5
+# A batch body is the reads' stored JSON joined, inside this envelope.
+_BATCH_HEAD = '{{"type":"plate_read_batch","schema_version":1,"agent_id":"{agent}","reads":['
+_BATCH_BUDGET = MAX_BATCH_BYTES - 1024  # bytes of reads per batch, envelope left aside
 
 
 def _now_ms() -> int:
@@ -52,124 +82,279 @@ class RelayError(Exception):
     """A row that could not be delivered this time; it stays pending and is retried."""
 
 
-class Relay:
-    """Drains the outbox in priority order; backs off exponentially while central is away."""
+class TokenBucket:
+    """Paces bytes to ``rate`` per second with bursts of at most ``burst`` bytes.
 
-    def __init__(self, config: AgentConfig, store: Store) -> None:
-        self.config = config
-        self.store = store
+    ``take`` may overdraw: it then sleeps until the debt is paid, so N bytes taken from a fresh
+    bucket need at least (N - burst) / rate seconds.
+    """
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = time.monotonic()
+
+    async def take(self, n: int) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate) - n
+        self._at = now
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self.rate)
+
+
+class _Link:
+    """One AMQP connection with a confirming channel, opened on first use."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+
+    async def exchange(self) -> AbstractExchange:
+        if self._exchange is None:
+            self._connection = await aio_pika.connect_robust(
+                self._url, heartbeat=AMQP_HEARTBEAT_S, timeout=10
+            )
+            # on_return_raises: an unroutable publish fails instead of "succeeding".
+            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            # Agents' broker users may declare nothing: central owns the topology.
+            self._exchange = await find_events_exchange(channel)
+        return self._exchange
+
+    async def drop(self) -> None:
+        self._exchange = None
+        if self._connection is not None:
+            conn, self._connection = self._connection, None
+            try:
+                await conn.close()
+            except Exception as exc:  # a dead link cannot close cleanly; that is fine
+                log.debug("relay: closing AMQP connection: %r", exc)
+
+
+class Relay:
+    """Drains the outbox in priority order; each lane backs off exponentially while it fails."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        store: Store,
+        *,
+        plate_reads_per_message: int = PLATE_READS_PER_MESSAGE,
+    ) -> None:
+        if not 1 <= plate_reads_per_message <= MAX_BATCH_READS:
+            raise ValueError(f"plate_reads_per_message must be 1..{MAX_BATCH_READS}")
+        self.config = config
+        self.store = store
+        self.reads_per_message = plate_reads_per_message
+        self.window = min(MAX_WINDOW_MESSAGES, max(4, WINDOW_READS // plate_reads_per_message))
+        url = config.central.amqp_url.get_secret_value()
+        self._messages_link = _Link(url)
+        self._blobs_link = _Link(url)
         self._http: httpx.AsyncClient | None = None
         self._blob_http: httpx.AsyncClient | None = None
-        self.sent = 0
-        self.last_error: str | None = None
+        rate = config.sync.upload_bytes_per_s()
+        # Under a cap, chunks of ~0.1 s of the rate keep the pace even.
+        self._chunk = UPLOAD_CHUNK_BYTES
+        if rate is not None:
+            self._chunk = max(4096, min(UPLOAD_CHUNK_BYTES, int(rate / 10)))
+        self._bucket = None if rate is None else TokenBucket(rate, self._chunk)
+        # Set while no message row is waiting: the blob lane starts an upload only then.
+        self._messages_idle = asyncio.Event()
+        self.sent = 0  # rows marked sent
+        self.messages_sent = 0  # AMQP messages of the message lane acked (a batch is one)
+        self.uploaded_bytes = 0  # blob bytes handed to object storage, for status and benches
+        self.errors: dict[str, str | None] = {"messages": None, "blobs": None}
         self._last_heartbeat = float("-inf")
+        self._keys = {
+            kind: routing_key(kind, config.city_id, config.agent_id)
+            for kind in (*MESSAGE_ONLY_KINDS, "plate_read_batch")
+        }
         # Sent as each message's user_id: the broker checks it is the connection's user, and
         # central checks it is this agent's user.
-        user = urlsplit(config.central.amqp_url.get_secret_value()).username
+        user = urlsplit(url).username
         self._broker_user = unquote(user) if user else None
 
+    @property
+    def last_error(self) -> str | None:
+        """The latest failure of either lane, None once both succeed again."""
+        found = [f"{lane}: {err}" for lane, err in self.errors.items() if err]
+        return "; ".join(found) or None
+
     async def run(self) -> None:
-        """Relay until cancelled."""
-        failures = 0
+        """Relay until cancelled: both lanes at once."""
         try:
-            while True:
-                try:
-                    await self.maybe_heartbeat()
-                    sent = await self.run_once()
-                    failures = 0
-                    if not sent:
-                        # Woken at once by a new outbox row; the timeout catches rows written
-                        # by another process (and heartbeats fall due).
-                        await self.store.wait_for_outbox(IDLE_POLL_S)
-                except Exception as exc:
-                    # The relay never dies: a link going down mid-publish surfaces as many
-                    # exception types (OSError, AMQP errors, a closed channel's RuntimeError,
-                    # HTTP errors); an unexpected one is logged with its traceback. Rows stay
-                    # pending and are retried after the backoff.
-                    failures += 1
-                    self.last_error = str(exc) or type(exc).__name__
-                    delay = min(2 ** (failures - 1), 60) * random.uniform(0.8, 1.2)
-                    expected = (RelayError, OSError, aio_pika.exceptions.AMQPError, httpx.HTTPError)
-                    log.log(
-                        logging.WARNING if isinstance(exc, expected) else logging.ERROR,
-                        "relay: %s; retrying in %.1fs", self.last_error, delay,
-                        exc_info=not isinstance(exc, expected),
-                    )  # fmt: skip
-                    await self._drop_connection()
-                    await asyncio.sleep(delay)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._lane("messages", self._message_round), name="relay-messages")
+                tg.create_task(self._lane("blobs", self._blob_round), name="relay-blobs")
         finally:
             await self.close()
 
-    async def run_once(self) -> int:
-        """Send one batch of pending rows in priority order; returns how many were acked.
+    async def _lane(self, name: str, round_: Any) -> None:
+        """Run ``round_`` forever; it returns how many rows it sent (0: idle for a while)."""
+        link = self._messages_link if name == "messages" else self._blobs_link
+        failures = 0
+        while True:
+            try:
+                await round_()
+                failures = 0
+                self.errors[name] = None
+            except Exception as exc:
+                # The relay never dies: a link going down mid-publish surfaces as many
+                # exception types (OSError, AMQP errors, a closed channel's RuntimeError,
+                # HTTP errors); an unexpected one is logged with its traceback. Rows stay
+                # pending and are retried after the backoff.
+                failures += 1
+                self.errors[name] = str(exc) or type(exc).__name__
+                delay = min(2 ** (failures - 1), 60) * random.uniform(0.8, 1.2)
+                expected = (RelayError, OSError, aio_pika.exceptions.AMQPError, httpx.HTTPError)
+                log.log(
+                    logging.WARNING if isinstance(exc, expected) else logging.ERROR,
+                    "relay %s: %s; retrying in %.1fs", name, self.errors[name], delay,
+                    exc_info=not isinstance(exc, expected),
+                )  # fmt: skip
+                await link.drop()
+                await asyncio.sleep(delay)
 
-        Rows whose message is all there is (plate reads, loss events) go out together, many
-        publishes in flight at once, and are marked sent in one transaction; rows with a blob
-        (segments) go one at a time, upload first.
-        """
-        rows = await self.store.pending(limit=BATCH_ROWS)
-        if not rows:
-            return 0
-        exchange = await self._ensure_exchange()
-        messages = [r for r in rows if r.kind in MESSAGE_ONLY_KINDS]
-        sent = await self._publish_window(exchange, messages) if messages else 0
-        # A few blobs per round only: plate reads that arrive meanwhile go out first next round.
-        blobs = [r for r in rows if r.kind not in MESSAGE_ONLY_KINDS][:BLOB_ROWS_PER_ROUND]
-        for row in blobs:
-            if await self._send_blob_row(exchange, row):
-                sent += 1
-        self.last_error = None
+    async def _message_round(self) -> None:
+        await self.maybe_heartbeat()
+        if await self._pump():
+            return
+        self._messages_idle.set()
+        # Woken at once by a new outbox row; the timeout catches rows written by another
+        # process (and heartbeats fall due).
+        await self.store.wait_for_outbox(IDLE_POLL_S)
+
+    async def _blob_round(self) -> None:
+        # Messages first: wait while any is pending (the message lane says when it is idle).
+        await self._messages_idle.wait()
+        if not await self._send_blobs(BLOB_ROWS_PER_ROUND, yield_to_messages=True):
+            await asyncio.sleep(IDLE_POLL_S)
+
+    async def run_once(self) -> int:
+        """One round, in priority order: the message rows one query returns (sliding window),
+        then a few blobs. Returns how many rows were acked."""
+        sent = await self._pump(once=True)
+        sent += await self._send_blobs(BLOB_ROWS_PER_ROUND, yield_to_messages=False)
+        self.errors = dict.fromkeys(self.errors)
         return sent
 
-    async def _publish_window(self, exchange: AbstractExchange, rows: list[OutboxRow]) -> int:
-        """Publish rows concurrently and mark the acked ones sent in one transaction."""
-        key = {kind: routing_key(kind, self.config.city_id, self.config.agent_id) for kind in
-               MESSAGE_ONLY_KINDS}  # fmt: skip
-        results = await asyncio.gather(
-            *(self._publish(exchange, row, json.dumps(row.payload).encode(), key[row.kind])
-              for row in rows),
-            return_exceptions=True,
-        )  # fmt: skip
-        acked = [row.id for row, res in zip(rows, results, strict=True) if res is None]
-        await self.store.mark_sent_many(acked)
-        self.sent += len(acked)
-        failed = [(row, res) for row, res in zip(rows, results, strict=True) if res is not None]
-        if failed:
-            row, exc = failed[0]
-            await self.store.mark_failed(row.id, f"{type(exc).__name__}: {exc}")
-            raise RelayError(f"{len(failed)} of {len(rows)} publishes failed, e.g. {exc!r}")
-        return len(acked)
+    # -- messages: a sliding window of confirms --------------------------------------------
 
-    async def _send_blob_row(self, exchange: AbstractExchange, row: OutboxRow) -> bool:
-        """Upload the row's blob, publish its message, mark it sent. False if it was lost."""
-        try:
+    async def _pump(self, *, once: bool = False) -> int:
+        """Publish message rows in priority order with up to ``window`` messages in flight,
+        marking rows sent as their acks arrive, until none is pending (or one query's worth,
+        with ``once``). Returns how many rows were marked sent.
+
+        Rows are marked sent only on their Basic.Ack; after a failure nothing new is published,
+        the rest in flight finish, the acked ones are marked and RelayError is raised.
+        """
+        exchange = await self._messages_link.exchange()
+        window = asyncio.Semaphore(self.window)
+        in_flight: set[asyncio.Task[None]] = set()
+        acked: list[int] = []
+        failed: list[tuple[list[int], BaseException]] = []
+        marking: asyncio.Task[int] | None = None
+        marked = 0
+        after: tuple[int, int] | None = None
+
+        async def publish(body: bytes, key: str, message_id: str, ids: list[int]) -> None:
             try:
-                body, key = await self._prepare(row)
-            except FileNotFoundError as exc:
-                # docs/design/segments.md: the file vanished under us (deleted by hand, a
-                # failed disk). Record the loss and move on; retrying would block the queue.
-                reason = f"file missing at upload: {exc.filename}"
-                if row.kind == "segment":
-                    await self.store.mark_lost(row.ref_id, reason, _now_ms(), "file_missing")
-                else:
-                    await self.store.drop_row(row.id, reason)
-                log.error("%s=%s %s; not sent", row.kind, row.ref_id, reason)
-                return False
-            await self._publish(exchange, row, body, key)
-        except Exception as exc:
-            await self.store.mark_failed(row.id, f"{type(exc).__name__}: {exc}")
-            raise RelayError(f"outbox row {row.id} ({row.kind}): {exc}") from exc
-        await self.store.mark_sent(row.id)
-        self.sent += 1
-        if row.kind == "thumbnail":
-            # Central has it now; a thumbnail is not kept on the agent.
-            await asyncio.to_thread(Path(row.payload["path"]).unlink, missing_ok=True)
-        return True
+                await self._publish(exchange, body, key, message_id)
+            except Exception as exc:
+                failed.append((ids, exc))
+            else:
+                acked.extend(ids)
+                self.messages_sent += 1
+            finally:
+                window.release()
+
+        try:
+            while not failed:
+                rows = await self.store.pending_of(MESSAGE_ONLY_KINDS, FETCH_ROWS, after)
+                if not rows:
+                    break
+                self._messages_idle.clear()
+                after = (rows[-1].priority, rows[-1].id)
+                for body, key, message_id, ids in self._messages(rows):
+                    await window.acquire()
+                    if failed:
+                        window.release()
+                        break
+                    task = asyncio.create_task(publish(body, key, message_id, ids))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if len(acked) >= MARK_ROWS and (marking is None or marking.done()):
+                    if marking is not None:
+                        marked += marking.result()
+                    marking = asyncio.create_task(self._mark(acked[:]))
+                    acked.clear()
+                if once:
+                    break
+                # A long drain must not silence the heartbeats.
+                await self.maybe_heartbeat()
+        finally:
+            # Whatever happened, every ack that arrived is recorded: a re-send is harmless but
+            # costs the link.
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            if marking is not None:
+                marked += await marking
+            marked += await self._mark(acked)
+        if failed:
+            ids, exc = failed[0]
+            await self.store.mark_failed(ids[0], f"{type(exc).__name__}: {exc}")
+            raise RelayError(f"{len(failed)} publishes failed, e.g. {exc!r}")
+        return marked
+
+    async def _mark(self, ids: list[int]) -> int:
+        await self.store.mark_sent_many(ids)
+        self.sent += len(ids)
+        return len(ids)
+
+    def _messages(
+        self, rows: Sequence[RawOutboxRow]
+    ) -> Iterator[tuple[bytes, str, str, list[int]]]:
+        """(body, routing key, message id, outbox ids) per AMQP message, in the rows' order:
+        runs of plate reads become PlateReadBatch messages, anything else goes alone. The
+        stored payload is the wire body: it is sent as it is, never parsed."""
+        run: list[RawOutboxRow] = []
+        size = 0
+        for row in rows:
+            if row.kind == "plate_read" and self.reads_per_message > 1:
+                if run and (
+                    len(run) >= self.reads_per_message or size + len(row.payload) > _BATCH_BUDGET
+                ):
+                    yield self._plate_message(run)
+                    run, size = [], 0
+                run.append(row)
+                size += len(row.payload) + 1
+                continue
+            if run:
+                yield self._plate_message(run)
+                run, size = [], 0
+            yield row.payload.encode(), self._keys[row.kind], f"{row.kind}:{row.ref_id}", [row.id]
+        if run:
+            yield self._plate_message(run)
+
+    def _plate_message(self, run: list[RawOutboxRow]) -> tuple[bytes, str, str, list[int]]:
+        first = run[0]
+        if len(run) == 1:
+            return (
+                first.payload.encode(),
+                self._keys["plate_read"],
+                f"plate_read:{first.ref_id}",
+                [first.id],
+            )
+        head = _BATCH_HEAD.format(agent=self.config.agent_id)
+        body = (head + ",".join(r.payload for r in run) + "]}").encode()
+        message_id = f"plate_read_batch:{first.ref_id}+{len(run) - 1}"
+        return body, self._keys["plate_read_batch"], message_id, [r.id for r in run]
 
     async def _publish(
-        self, exchange: AbstractExchange, row: OutboxRow, body: bytes, key: str
+        self, exchange: AbstractExchange, body: bytes, key: str, message_id: str
     ) -> None:
         """One persistent publish; returns only on the broker's Basic.Ack.
 
@@ -180,7 +365,7 @@ class Relay:
                 body,
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=f"{row.kind}:{row.ref_id}",
+                message_id=message_id,
                 user_id=self._broker_user,
             ),
             routing_key=key,
@@ -203,8 +388,9 @@ class Relay:
             agent_version=AGENT_VERSION,
             outbox_pending=backlog["pending"],
             oldest_pending_age_ms=backlog["oldest_pending_age_ms"],
+            pending_blob_bytes=backlog["pending_blob_bytes"],
         )
-        exchange = await self._ensure_exchange()
+        exchange = await self._messages_link.exchange()
         await exchange.publish(
             aio_pika.Message(
                 encode(hb),
@@ -216,6 +402,50 @@ class Relay:
             timeout=PUBLISH_TIMEOUT_S,
         )
         self._last_heartbeat = loop.time()
+
+    # -- blobs: claim-check uploads, one at a time -----------------------------------------
+
+    async def _send_blobs(self, limit: int, *, yield_to_messages: bool) -> int:
+        """Send up to ``limit`` blob rows, highest priority first (a thumbnail queued meanwhile
+        goes before the rest of the video). Returns how many were acked."""
+        sent = 0
+        for _ in range(limit):
+            if yield_to_messages and not self._messages_idle.is_set():
+                break
+            rows = await self.store.pending_of(BLOB_KINDS, 1)
+            if not rows:
+                break
+            raw = rows[0]
+            row = OutboxRow(raw.id, raw.kind, raw.ref_id, json.loads(raw.payload), raw.attempts)
+            if await self._send_blob_row(await self._blobs_link.exchange(), row):
+                sent += 1
+        return sent
+
+    async def _send_blob_row(self, exchange: AbstractExchange, row: OutboxRow) -> bool:
+        """Upload the row's blob, publish its message, mark it sent. False if it was lost."""
+        try:
+            try:
+                body, key = await self._prepare(row)
+            except FileNotFoundError as exc:
+                # docs/design/segments.md: the file vanished under us (deleted by hand, a
+                # failed disk). Record the loss and move on; retrying would block the queue.
+                reason = f"file missing at upload: {exc.filename}"
+                if row.kind == "segment":
+                    await self.store.mark_lost(row.ref_id, reason, _now_ms(), "file_missing")
+                else:
+                    await self.store.drop_row(row.id, reason)
+                log.error("%s=%s %s; not sent", row.kind, row.ref_id, reason)
+                return False
+            await self._publish(exchange, body, key, f"{row.kind}:{row.ref_id}")
+        except Exception as exc:
+            await self.store.mark_failed(row.id, f"{type(exc).__name__}: {exc}")
+            raise RelayError(f"outbox row {row.id} ({row.kind}): {exc}") from exc
+        await self.store.mark_sent(row.id)
+        self.sent += 1
+        if row.kind == "thumbnail":
+            # Central has it now; a thumbnail is not kept on the agent.
+            await asyncio.to_thread(Path(row.payload["path"]).unlink, missing_ok=True)
+        return True
 
     async def _prepare(self, row: OutboxRow) -> tuple[bytes, str]:
         """Upload the row's blob (claim-check) and build its message."""
@@ -292,15 +522,28 @@ class Relay:
         grant: dict[str, Any] = resp.json()
         data = await asyncio.to_thread(path.read_bytes)
         # A separate client: the presigned URL is the only credential S3 may see (an extra
-        # Authorization header makes the request ambiguous and S3 refuses it).
+        # Authorization header makes the request ambiguous and S3 refuses it). The explicit
+        # Content-Length keeps a paced upload one plain PUT (S3 refuses chunked encoding).
         put = await self._blob_client().put(
-            grant["url"], content=data, headers={"Content-Type": CONTENT_TYPES[kind]}
+            grant["url"],
+            content=self._paced(data),
+            headers={"Content-Type": CONTENT_TYPES[kind], "Content-Length": str(len(data))},
         )
         if put.status_code != 200:
             raise RelayError(f"object upload failed: HTTP {put.status_code} {put.text[:200]}")
         return BlobRef(
             bucket=grant["bucket"], key=grant["key"], size_bytes=size_bytes, sha256=sha256
         )
+
+    async def _paced(self, data: bytes) -> AsyncIterator[bytes]:
+        """The upload's bytes in chunks, each let through by the bandwidth cap (if any)."""
+        view = memoryview(data)
+        for i in range(0, len(data), self._chunk):
+            chunk = view[i : i + self._chunk]
+            if self._bucket is not None:
+                await self._bucket.take(len(chunk))
+            yield bytes(chunk)
+            self.uploaded_bytes += len(chunk)
 
     def _blob_client(self) -> httpx.AsyncClient:
         if self._blob_http is None:
@@ -316,28 +559,9 @@ class Relay:
             )
         return self._http
 
-    async def _ensure_exchange(self) -> AbstractExchange:
-        if self._exchange is None:
-            url = self.config.central.amqp_url.get_secret_value()
-            self._connection = await aio_pika.connect_robust(
-                url, heartbeat=AMQP_HEARTBEAT_S, timeout=10
-            )
-            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-            # Agents' broker users may declare nothing: central owns the topology.
-            self._exchange = await find_events_exchange(channel)
-        return self._exchange
-
-    async def _drop_connection(self) -> None:
-        self._exchange = None
-        if self._connection is not None:
-            conn, self._connection = self._connection, None
-            try:
-                await conn.close()
-            except Exception as exc:  # a dead link cannot close cleanly; that is fine
-                log.debug("relay: closing AMQP connection: %r", exc)
-
     async def close(self) -> None:
-        await self._drop_connection()
+        await self._messages_link.drop()
+        await self._blobs_link.drop()
         for client in (self._http, self._blob_http):
             if client is not None:
                 await client.aclose()

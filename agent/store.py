@@ -381,13 +381,16 @@ class Store:
         """Unsent rows of ``kinds`` in sending order, after (priority, id) ``after`` if given:
         the relay reads on past the rows it has in flight without reading them again."""
         marks = ", ".join("?" * len(kinds))
+        # "+kind": not the (kind, ref_id) index, which would read every row of the kinds ever
+        # sent and sort them; the pending index holds only unsent rows, in sending order.
         sql = (
             "SELECT id, priority, kind, ref_id, payload, attempts FROM outbox "  # noqa: S608
-            f"WHERE sent_ms IS NULL AND dropped_ms IS NULL AND kind IN ({marks}) "
+            f"WHERE sent_ms IS NULL AND dropped_ms IS NULL AND +kind IN ({marks}) "
+            "AND priority >= ? "
             + ("AND (priority, id) > (?, ?) " if after is not None else "")
             + "ORDER BY priority, id LIMIT ?"
         )
-        params = [*kinds, *(after or ()), limit]
+        params = [*kinds, min(PRIORITY.get(k, 0) for k in kinds), *(after or ()), limit]
 
         def query() -> list[RawOutboxRow]:
             return [RawOutboxRow(*r) for r in self.db.execute(sql, params).fetchall()]

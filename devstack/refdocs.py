@@ -127,7 +127,8 @@ def messages_md() -> str:
         f"{HEADER}# Wire messages reference\n",
         "Agents publish JSON messages to the topic exchange "
         f"`{topology.EVENTS_EXCHANGE}` with routing key `v1.<type>.<city_id>.<agent_id>`. "
-        f"Bodies are at most {messages.MAX_MESSAGE_BYTES} bytes; unknown fields and unknown "
+        f"Bodies are at most {messages.MAX_MESSAGE_BYTES} bytes ({messages.MAX_BATCH_BYTES} for "
+        "`plate_read_batch`); unknown fields and unknown "
         "`schema_version`s are rejected. Video and images never travel in messages: a `BlobRef` "
         "(claim-check) names the object and its size and SHA-256.\n",
         "## Queues\n",
@@ -145,6 +146,7 @@ def messages_md() -> str:
     for model in (
         messages.SegmentRecorded,
         messages.PlateRead,
+        messages.PlateReadBatch,
         messages.LossEvent,
         messages.BlobRef,
     ):

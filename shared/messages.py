@@ -13,6 +13,10 @@ from shared.plates import PLATE_RE
 # A message body larger than this is refused before parsing: blobs travel by claim-check
 # (object storage), so nothing legitimate comes near it.
 MAX_MESSAGE_BYTES = 64 * 1024
+# A batch of plate reads has its own limits: a read with a crop is ~0.6 KiB of JSON, so the
+# most reads a batch may carry fit well within the bytes allowed.
+MAX_BATCH_READS = 200
+MAX_BATCH_BYTES = 256 * 1024
 
 SHA256_HEX = r"^[0-9a-f]{64}$"
 # Object keys are built by central from ids; the pattern keeps path tricks ("..", "//") out.
@@ -103,6 +107,30 @@ class PlateRead(WireModel):
     crop: BlobRef | None = Field(None, description="Evidence JPEG in `lpr-images`.")
 
 
+class PlateReadBatch(WireModel):
+    """Several plate reads of one agent in one message: the relay's shape for a backlog, since
+    per-message costs (broker, confirms, acks) dominate a read's cost.
+
+    No key of its own: each read keeps its ``read_id``, and central inserts every read
+    ``ON CONFLICT DO NOTHING``, so a redelivered batch, or a read sent once alone and once in a
+    batch, is stored once.
+    """
+
+    type: Literal["plate_read_batch"] = "plate_read_batch"
+    schema_version: Literal[1] = 1
+    agent_id: UUID = Field(description="Must match the routing key's agent and every read's.")
+    reads: list[PlateRead] = Field(
+        min_length=1, max_length=MAX_BATCH_READS, description="The reads, in the agent's order."
+    )
+
+    @model_validator(mode="after")
+    def _one_agent(self) -> PlateReadBatch:
+        for i, read in enumerate(self.reads):
+            if read.agent_id != self.agent_id:
+                raise ValueError(f"reads.{i}: agent {read.agent_id} is not the batch's")
+        return self
+
+
 class ThumbnailTaken(WireModel):
     """A small JPEG of a camera's current view, for mosaics. State: the newest ``taken_ms``
     per camera wins. Idempotency key: ``thumbnail_id``."""
@@ -133,6 +161,9 @@ class Heartbeat(WireModel):
     ] = Field(default_factory=dict, max_length=32, description="Unsent outbox rows per kind.")
     oldest_pending_age_ms: int | None = Field(
         None, ge=0, description="Age of the oldest unsent outbox row."
+    )
+    pending_blob_bytes: int | None = Field(
+        None, ge=0, le=2**53, description="Bytes of video and images not yet uploaded."
     )
 
 
@@ -166,11 +197,12 @@ class LossEvent(WireModel):
         return self
 
 
-Message = SegmentRecorded | PlateRead | Heartbeat | ThumbnailTaken | LossEvent
+Message = SegmentRecorded | PlateRead | PlateReadBatch | Heartbeat | ThumbnailTaken | LossEvent
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     "segment": SegmentRecorded,
     "plate_read": PlateRead,
+    "plate_read_batch": PlateReadBatch,
     "heartbeat": Heartbeat,
     "thumbnail": ThumbnailTaken,
     "loss_event": LossEvent,
@@ -187,8 +219,9 @@ class MessageRejected(ValueError):
 
 def decode(body: bytes, expected_type: str) -> Message:
     """Parse and validate one message body; raises MessageRejected with a one-line reason."""
-    if len(body) > MAX_MESSAGE_BYTES:
-        raise MessageRejected(f"body too large: {len(body)} > {MAX_MESSAGE_BYTES} bytes")
+    limit = MAX_BATCH_BYTES if expected_type == "plate_read_batch" else MAX_MESSAGE_BYTES
+    if len(body) > limit:
+        raise MessageRejected(f"body too large: {len(body)} > {limit} bytes")
     model = MESSAGE_TYPES.get(expected_type)
     if model is None:
         raise MessageRejected(f"unknown message type {expected_type!r}")

@@ -30,7 +30,7 @@ class ConsumerQueue:
 
 
 SEGMENTS_QUEUE = ConsumerQueue("central.segments", ("segment",))
-PLATES_QUEUE = ConsumerQueue("central.plates", ("plate_read",))
+PLATES_QUEUE = ConsumerQueue("central.plates", ("plate_read", "plate_read_batch"))
 HEARTBEATS_QUEUE = ConsumerQueue("central.heartbeats", ("heartbeat",), message_ttl_ms=120_000)
 THUMBNAILS_QUEUE = ConsumerQueue("central.thumbnails", ("thumbnail",), message_ttl_ms=600_000)
 LOSSES_QUEUE = ConsumerQueue("central.losses", ("loss_event",))
