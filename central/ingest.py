@@ -29,9 +29,11 @@ from shared.messages import (
     Message,
     MessageRejected,
     PlateRead,
+    PlateReadBatch,
     SegmentRecorded,
     ThumbnailTaken,
     decode,
+    encode,
 )
 from shared.topology import (
     DEAD_LETTER_EXCHANGE,
@@ -185,20 +187,31 @@ class Consumer:
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Publish a copy with the reason to the DLX (confirmed), then ack the original."""
+        await self.publish_dead_letter(message, reason)
+        await message.ack()
+
+    async def publish_dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        reason: str,
+        body: bytes | None = None,
+        key: str | None = None,
+    ) -> None:
+        """Publish ``body`` (default: the message's) with the reason to the DLX, confirmed.
+        The caller settles the original delivery."""
         assert self._dlx is not None
         log.error("dead-lettering message %s: %s", message.message_id, reason)
         await self._dlx.publish(
             aio_pika.Message(
-                message.body,
+                message.body if body is None else body,
                 content_type=message.content_type,
                 message_id=message.message_id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 headers={"x-gtvision-reason": reason[:1000]},
             ),
-            routing_key=message.routing_key or "v1.unknown",
+            routing_key=key or message.routing_key or "v1.unknown",
             timeout=10,
         )
-        await message.ack()
         self.dead_lettered += 1
 
 
@@ -267,56 +280,75 @@ class PlateConsumer(Consumer):
                 await self._process(batch)
 
     async def _process(self, batch: Sequence[AbstractIncomingMessage]) -> None:
-        valid: list[tuple[AbstractIncomingMessage, PlateRead, UUID]] = []
+        """Store a batch of deliveries (each a PlateRead or a PlateReadBatch) in one
+        transaction, then ack them all with one ``multiple`` ack."""
+        valid: list[tuple[AbstractIncomingMessage, list[PlateRead], UUID]] = []
         for message in batch:
             try:
-                read, city = self.envelope(message)
-                assert isinstance(read, PlateRead)
-                valid.append((message, read, city))
+                msg, city = self.envelope(message)
+                assert isinstance(msg, PlateRead | PlateReadBatch)
+                valid.append((message, list(msg.reads) if isinstance(msg, PlateReadBatch)
+                              else [msg], city))  # fmt: skip
             except (Poison, MessageRejected) as exc:
                 await self.dead_letter(message, str(exc))
         if not valid:
             return
-        accepted: list[tuple[AbstractIncomingMessage, PlateRead]] = []
+        # Per delivery: the reads whose camera is not in the agent's city.
+        rejected: list[tuple[AbstractIncomingMessage, list[PlateRead], bool, UUID]] = []
+        accepted: list[PlateRead] = []
         try:
             async with self.pool.acquire() as conn:
                 owned = await self._owned_cameras(conn, valid)
-                rejected = []
-                for message, read, city in valid:
-                    if owned.get((read.agent_id, read.camera_id)) == city:
-                        accepted.append((message, read))
-                    else:
-                        rejected.append((message, read, city))
-                city_of = {read.camera_id: city for (_, read, city) in valid}
+                for message, reads, city in valid:
+                    bad = [r for r in reads if owned.get((r.agent_id, r.camera_id)) != city]
+                    accepted.extend(
+                        r for r in reads if owned.get((r.agent_id, r.camera_id)) == city
+                    )
+                    if bad:
+                        rejected.append((message, bad, len(bad) == len(reads), city))
+                city_of = {read.camera_id: city for (_, reads, city) in valid for read in reads}
                 async with conn.transaction():
-                    inserted = await plates.insert_reads(conn, [r for _, r in accepted], city_of)
+                    inserted = await plates.insert_reads(conn, accepted, city_of)
         except TRANSIENT_ERRORS as exc:
             log.warning(
-                "transient failure storing %d plate reads (%r); will retry", len(valid), exc
+                "transient failure storing %d plate deliveries (%r); will retry", len(valid), exc
             )
             await asyncio.sleep(RETRY_DELAY_S)
             await self.wait_until_reachable()
             for message, _, _ in valid:
                 await message.nack(requeue=True)
             return
-        for message, read, city in rejected:
-            await self.dead_letter(
-                message,
-                f"camera {read.camera_id} is not in agent {read.agent_id}'s city {city}"
-                " (or the agent is unknown or revoked)",
+        settled: set[int] = set()
+        for message, bad, whole, city in rejected:
+            reason = (
+                f"camera {bad[0].camera_id} is not in agent {bad[0].agent_id}'s city {city}"
+                " (or the agent is unknown or revoked)"
             )
-        # After the commit: a crash before these acks redelivers, and the read_id absorbs it.
-        for message, _ in accepted:
-            await message.ack()
+            if whole:
+                await self.dead_letter(message, reason)  # acks it
+                settled.add(id(message))
+            else:
+                # Only the refused reads of a batch go to the DLQ; the rest are stored and the
+                # delivery is acked below with the others.
+                await self.publish_dead_letter(
+                    message, reason, _reads_body(bad), _key_of(message, bad)
+                )
+        # After the commit: a crash before this ack redelivers, and the read_id absorbs it.
+        # Deliveries are handled in order, so every unsettled one up to the last of this batch
+        # is in it: one ack with ``multiple`` settles them all.
+        to_ack = [m for m, _, _ in valid if id(m) not in settled]
+        if to_ack:
+            await max(to_ack, key=lambda m: m.delivery_tag or 0).ack(multiple=True)
         self.inserted += inserted
         self.duplicates += len(accepted) - inserted
 
     @staticmethod
     async def _owned_cameras(
-        conn: asyncpg.Connection, valid: Sequence[tuple[AbstractIncomingMessage, PlateRead, UUID]]
+        conn: asyncpg.Connection,
+        valid: Sequence[tuple[AbstractIncomingMessage, list[PlateRead], UUID]],
     ) -> dict[tuple[UUID, UUID], UUID]:
         """(agent, camera) -> city, for the pairs where the camera is in the agent's city."""
-        pairs = {(read.agent_id, read.camera_id) for _, read, _ in valid}
+        pairs = {(read.agent_id, read.camera_id) for _, reads, _ in valid for read in reads}
         rows = await conn.fetch(
             """
             SELECT a.id AS agent_id, c.id AS camera_id, c.cidade_id
@@ -328,6 +360,20 @@ class PlateConsumer(Consumer):
             [c for _, c in pairs],
         )
         return {(r["agent_id"], r["camera_id"]): r["cidade_id"] for r in rows}
+
+
+def _reads_body(reads: list[PlateRead]) -> bytes:
+    """The wire body of some reads of one agent: the read alone, or a batch of them."""
+    if len(reads) == 1:
+        return encode(reads[0])
+    return encode(PlateReadBatch(agent_id=reads[0].agent_id, reads=reads))
+
+
+def _key_of(message: AbstractIncomingMessage, reads: list[PlateRead]) -> str:
+    """``message``'s routing key for the type of ``_reads_body(reads)``."""
+    kind = "plate_read" if len(reads) == 1 else "plate_read_batch"
+    _, city, agent = parse_routing_key(message.routing_key or "")
+    return f"v1.{kind}.{city}.{agent}"
 
 
 class ThumbnailConsumer(Consumer):
