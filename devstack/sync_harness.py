@@ -76,6 +76,7 @@ class CliProcess:
         self.env = dict(env)
         self.proc: subprocess.Popen[bytes] | None = None
         self.kills = 0
+        self.wanted = False  # started and not stopped or killed on purpose since
 
     def start(self) -> CliProcess:
         if self.alive:
@@ -83,6 +84,7 @@ class CliProcess:
         with self.log.open("a") as fh:
             fh.write(f"--- start {time.strftime('%H:%M:%S')} ---\n")
         self.proc = start_process(self.argv, self.log, env=self.env)
+        self.wanted = True
         return self
 
     @property
@@ -99,19 +101,21 @@ class CliProcess:
         """SIGKILL: no cleanup, no flush, no goodbye (the fault under test)."""
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} is not running:\n{self.tail()}")
+        self.wanted = False
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self.kills += 1
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (SIGKILL after ``timeout_s``) if it still runs."""
+        self.wanted = False
         if self.proc is not None and self.proc.poll() is None:
             stop_pid(self.proc.pid, timeout_s=timeout_s, name=self.name)
             self.proc.wait(10)
 
     def check(self) -> None:
         """Raise with the log tail if the process died on its own."""
-        if self.proc is not None and self.proc.poll() is not None:
+        if self.wanted and self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(
                 f"{self.name} exited with code {self.proc.returncode}:\n{self.tail()}"
             )

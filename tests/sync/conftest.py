@@ -56,7 +56,8 @@ class Rig:
         return proc
 
     def running(self) -> tuple[CliProcess, ...]:
-        return tuple(p for p in (self.agent, *self.ingests) if p.proc is not None and p.alive)
+        """The processes that should be running (one that died on its own fails the wait)."""
+        return tuple(p for p in (self.agent, *self.ingests) if p.wanted)
 
     async def central_reads(self) -> int:
         async with self.pool.acquire() as conn:
