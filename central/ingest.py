@@ -21,7 +21,7 @@ import urllib3
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from minio import Minio
 
-from central import agents, cameras, losses, plates, presence, segments, storage
+from central import agents, cameras, losses, plates, presence, recordings, segments, storage
 from shared.messages import (
     BlobRef,
     Heartbeat,
@@ -231,8 +231,10 @@ class SegmentConsumer(Consumer):
         await self.check_camera(seg.agent_id, seg.camera_id, city)
         expected = storage.segment_key(city, seg.camera_id, seg.segment_id)
         await verify_claim(self.s3, seg.blob, "recordings", expected)
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             inserted = await segments.insert_segments(conn, [seg])
+            # The run's recording counts the segment in the same commit (central/recordings.py).
+            await recordings.record_segments(conn, [seg.segment_id])
         self.inserted += inserted
         self.duplicates += 1 - inserted
         log.debug("segment=%s camera=%s stored", seg.segment_id, seg.camera_id)
