@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agent.commands import CommandConsumer
 from agent.config import AgentConfig, CameraConfig, redact_url
 from agent.eviction import Budget, Evictor
 from agent.relay import Relay
@@ -112,6 +113,7 @@ class Agent:
         self.store = Store(config.data_dir / "agent.sqlite3", config.agent_id)
         self.spool = config.data_dir / "segments"
         self.relay = Relay(config, self.store)
+        self.commands = CommandConsumer(config, self.store)
         self.evictor = Evictor(self.store, self.spool, self._budget)
         self.recorders: dict[str, CameraRecorder] = {}
         self.restart_required: tuple[str, ...] = ()
@@ -146,6 +148,7 @@ class Agent:
                 self.started_at = time.time()
                 self.state = "running"
                 self._spawn(self.relay.run(), "relay")
+                self._spawn(self.commands.run(), "commands")
                 self._spawn(self.evictor.run(), "evictor")
                 for key, camera in self.config.cameras.items():
                     if camera.enabled:

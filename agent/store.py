@@ -794,6 +794,38 @@ class Store:
         if outbox_ids:
             await self._run(update)
 
+    # Segments central asked for (a clip needs them, docs/design/clips.md): after thumbnails
+    # (a few KB, the newest per camera), before the rest of the video backlog.
+    REQUESTED_SEGMENT_PRIORITY = 35
+
+    async def prioritize_segments(self, camera_id: UUID, start_ms: int, end_ms: int) -> int:
+        """Move the camera's unsent segments that overlap [start_ms, end_ms) ahead of the other
+        video, for an upload request from central. Idempotent. Returns how many unsent
+        segments the range holds (0: nothing here to send: never recorded, evicted, lost or
+        already sent). Commits."""
+
+        def update() -> int:
+            with self.db.atomic():
+                rows = self.db.execute(
+                    "SELECT o.id FROM segments s JOIN outbox o"
+                    " ON o.kind = 'segment' AND o.ref_id = s.segment_id"
+                    " WHERE s.camera_id = ? AND s.start_ms < ? AND s.start_ms + s.duration_ms > ?"
+                    # A segment lasts at most 120 s: bounds the index range from below too.
+                    " AND s.start_ms > ? AND o.sent_ms IS NULL AND o.dropped_ms IS NULL",
+                    [str(camera_id), end_ms, start_ms, start_ms - 120_000],
+                ).fetchall()
+                self.db.conn.executemany(
+                    "UPDATE outbox SET priority = ? WHERE id = ? AND priority > ?",
+                    [(self.REQUESTED_SEGMENT_PRIORITY, r[0], self.REQUESTED_SEGMENT_PRIORITY)
+                     for r in rows],
+                )  # fmt: skip
+            return len(rows)
+
+        found = await self._run(update)
+        if found:
+            self._outbox_changed.set()
+        return found
+
     async def add_thumbnail(self, thumb: dict[str, Any]) -> list[str]:
         """Queue a thumbnail (payload: thumbnail_id, camera_id, taken_ms, path, size_bytes,
         sha256) and drop the camera's older unsent ones: only the newest view is worth sending

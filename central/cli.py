@@ -1,4 +1,5 @@
-"""``gtvision-central``: migrate the database, run the API or the ingest consumers, bootstrap."""
+"""``gtvision-central``: migrate the database, run the API, the ingest consumers or the worker,
+bootstrap."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from central import migrate
 from central.settings import Settings
+
+if TYPE_CHECKING:
+    import asyncpg
+    from minio import Minio
+
+    Service = Callable[[Settings, asyncpg.Pool, Minio, asyncio.Event], Awaitable[None]]
 
 
 def _settings() -> Settings:
@@ -42,12 +51,11 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_ingest(args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
+def _serve(service: Service) -> None:
+    """Run a long-lived central process until SIGTERM/SIGINT, with its database pool and object
+    storage client (buckets created if missing)."""
     from central import storage
     from central.db import create_pool
-    from central.ingest import run_ingest
 
     settings = _settings()
 
@@ -59,14 +67,40 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         pool = await create_pool(settings.database_url.get_secret_value(), settings.db_pool_max)
         s3 = storage.make_client(settings)
         await asyncio.to_thread(storage.ensure_buckets, s3)
+        try:
+            await service(settings, pool, s3, stop)
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from central.ingest import run_ingest
+
+    async def ingest(
+        settings: Settings, pool: asyncpg.Pool, s3: Minio, stop: asyncio.Event
+    ) -> None:
         redis = aioredis.from_url(settings.redis_url)
         try:
             await run_ingest(settings.amqp_url.get_secret_value(), pool, s3, stop, redis)
         finally:
             await redis.aclose()
-            await pool.close()
 
-    asyncio.run(main())
+    _serve(ingest)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from central.clipworker import ClipWorker
+
+    async def work(settings: Settings, pool: asyncpg.Pool, s3: Minio, stop: asyncio.Event) -> None:
+        amqp = settings.amqp_url.get_secret_value()
+        await ClipWorker(pool, s3, amqp, upload_wait_s=args.upload_wait_s).run(stop)
+
+    _serve(work)
     return 0
 
 
@@ -100,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_api)
     p = sub.add_parser("ingest", help="consume agent messages from RabbitMQ")
     p.set_defaults(fn=_cmd_ingest)
+    p = sub.add_parser("worker", help="make requested clips; keep recordings' states current")
+    p.add_argument(
+        "--upload-wait-s", type=float, default=300.0,
+        help="how long a clip waits for video its agent was asked to upload (default 300)",
+    )  # fmt: skip
+    p.set_defaults(fn=_cmd_worker)
     p = sub.add_parser("bootstrap", help="create the first admin (and a demo city/agent/camera)")
     p.add_argument("--admin-email", required=True)
     p.add_argument("--admin-password", required=True)

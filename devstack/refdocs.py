@@ -148,6 +148,7 @@ def messages_md() -> str:
         messages.PlateRead,
         messages.PlateReadBatch,
         messages.LossEvent,
+        messages.UploadRequest,
         messages.BlobRef,
     ):
         doc = (model.__doc__ or "").strip().replace("\n    ", "\n")

@@ -1,5 +1,5 @@
-"""Runs GT-Vision itself on top of the dev stack: central (API + ingest) and an agent recording
-the simulated camera. Used by ``gtvision-dev up``; every process is recorded by PID."""
+"""Runs GT-Vision itself on top of the dev stack: central (API, ingest, worker) and an agent
+recording the simulated camera. Used by ``gtvision-dev up``; every process is recorded by PID."""
 
 from __future__ import annotations
 
@@ -133,15 +133,25 @@ def start_central_api(stack_env: Mapping[str, str], state_dir: Path, log: Path) 
     )
 
 
+def _start_central(
+    stack_env: Mapping[str, str], state_dir: Path, log: Path, command: str, url: str
+) -> RunningService:
+    proc = start_process(
+        [_bin("gtvision-central"), command], log, env=central_env(stack_env, state_dir)
+    )
+    return RunningService(name=f"central-{command}", procs=[ProcRef.of(proc.pid)], url=url, log=log)
+
+
 def start_central_ingest(
     stack_env: Mapping[str, str], state_dir: Path, log: Path
 ) -> RunningService:
-    proc = start_process(
-        [_bin("gtvision-central"), "ingest"], log, env=central_env(stack_env, state_dir)
-    )
-    return RunningService(
-        name="central-ingest", procs=[ProcRef.of(proc.pid)], url="(consumer)", log=log
-    )
+    return _start_central(stack_env, state_dir, log, "ingest", "(consumer)")
+
+
+def start_central_worker(
+    stack_env: Mapping[str, str], state_dir: Path, log: Path
+) -> RunningService:
+    return _start_central(stack_env, state_dir, log, "worker", "(clips, recordings)")
 
 
 def start_agent(state_dir: Path, log: Path) -> RunningService:
@@ -155,7 +165,7 @@ def start_agent(state_dir: Path, log: Path) -> RunningService:
     )
 
 
-SYSTEM_SERVICES = ("central-api", "central-ingest", "agent")
+SYSTEM_SERVICES = ("central-api", "central-ingest", "central-worker", "agent")
 
 
 def up(stack: Stack, on_event: Callable[[str, str, float], None] | None = None) -> dict[str, str]:
@@ -168,6 +178,7 @@ def up(stack: Stack, on_event: Callable[[str, str, float], None] | None = None) 
     starters: dict[str, Callable[[Path], RunningService]] = {
         "central-api": lambda log: start_central_api(env, stack.state_dir, log),
         "central-ingest": lambda log: start_central_ingest(env, stack.state_dir, log),
+        "central-worker": lambda log: start_central_worker(env, stack.state_dir, log),
         "agent": lambda log: start_agent(stack.state_dir, log),
     }
     for name in SYSTEM_SERVICES:

@@ -197,7 +197,40 @@ class LossEvent(WireModel):
         return self
 
 
-Message = SegmentRecorded | PlateRead | PlateReadBatch | Heartbeat | ThumbnailTaken | LossEvent
+class UploadRequest(WireModel):
+    """Central → agent command: send this camera's segments that overlap [start_ms, end_ms)
+    next, ahead of the rest of the video backlog (a clip needs them).
+
+    Idempotency key: ``request_id`` (central derives it from the clip and the range, so a
+    repeated request carries the same key); applying a request twice changes nothing either.
+    Segments the agent does not hold (never recorded, evicted, already sent) are skipped.
+    """
+
+    type: Literal["upload_request"] = "upload_request"
+    schema_version: Literal[1] = 1
+    request_id: UUID = Field(description="Made by central; the idempotency key.")
+    agent_id: UUID = Field(description="The agent addressed: the owner of the command queue.")
+    camera_id: UUID = Field(description="A camera this agent records.")
+    start_ms: EpochMs
+    end_ms: EpochMs
+    reason: str = Field(default="", max_length=200, description="Why, for the agent's log.")
+
+    @model_validator(mode="after")
+    def _range(self) -> UploadRequest:
+        if self.end_ms <= self.start_ms:
+            raise ValueError("end_ms is not after start_ms")
+        return self
+
+
+Message = (
+    SegmentRecorded
+    | PlateRead
+    | PlateReadBatch
+    | Heartbeat
+    | ThumbnailTaken
+    | LossEvent
+    | UploadRequest
+)
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     "segment": SegmentRecorded,
@@ -206,6 +239,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     "heartbeat": Heartbeat,
     "thumbnail": ThumbnailTaken,
     "loss_event": LossEvent,
+    "upload_request": UploadRequest,
 }
 
 

@@ -13,6 +13,8 @@ from fastapi import FastAPI, HTTPException
 
 from central import storage, users
 from central.api import agents, auth, cameras, mosaics, plates, watchlists
+from central.api import clips as clips_api
+from central.api import hls as hls_api
 from central.api import users as users_api
 from central.api.resources import Res, Resources
 from central.broker import BrokerAdmin
@@ -62,6 +64,8 @@ def create_app(settings: Settings) -> FastAPI:
         users_api.router, watchlists.router,
     ):  # fmt: skip
         app.include_router(router)
+    app.include_router(clips_api.router)
+    app.include_router(hls_api.router)
     return app
 
 

@@ -1,0 +1,143 @@
+"""Central's commands to this agent, consumed from its own queue and dispatched by type.
+
+Each agent may read only its own quorum queue (``gtvision.agent.<agent_id>.commands``, declared
+by central at enrolment), where commands wait while the agent is offline. A handler per message
+type lives in ``CommandConsumer.handlers``; a new command is a new wire model in
+``shared/messages.py`` and a new entry there. A command that can never be applied (unparsable,
+of a type without a handler, addressed to another agent) is logged and acked; one whose handler
+fails is requeued, and the queue's delivery limit bounds the retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from agent.config import AgentConfig
+from agent.store import Store
+from shared.messages import Message, MessageRejected, UploadRequest, decode
+from shared.topology import agent_command_queue
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Message], Awaitable[None]]
+
+# Short heartbeats: a half-open link is noticed in seconds (as the relay's).
+AMQP_HEARTBEAT_S = 5
+PREFETCH = 8
+MAX_BACKOFF_S = 60.0
+
+
+def _body_type(body: bytes) -> str | None:
+    """The ``type`` field of a JSON body, for a command published without the AMQP type."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    kind = data.get("type") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+class CommandConsumer:
+    """Consumes the agent's command queue until cancelled, reconnecting with backoff."""
+
+    def __init__(self, config: AgentConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.handlers: dict[str, Handler] = {"upload_request": self.upload_request}
+        self.handled = 0
+        self.connected = False
+        self.last_error: str | None = None
+        self._failures = 0
+
+    async def run(self) -> None:
+        """Consume forever: a lost connection (broker down, link cut) is retried with
+        exponential backoff (1 s → 60 s, jittered), like the relay's lanes."""
+        while True:
+            try:
+                await self._consume()
+            except Exception as exc:
+                # Many exception types mean "the link went away"; none may stop the agent.
+                self.last_error = str(exc) or type(exc).__name__
+            self._failures += 1
+            delay = min(2 ** (self._failures - 1), MAX_BACKOFF_S) * random.uniform(0.8, 1.2)
+            log.warning("commands: %s; reconnecting in %.1fs", self.last_error, delay)
+            await asyncio.sleep(delay)
+
+    async def _consume(self) -> None:
+        url = self.config.central.amqp_url.get_secret_value()
+        connection = await aio_pika.connect(url, heartbeat=AMQP_HEARTBEAT_S, timeout=10)
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=PREFETCH)
+            # A passive declare: the agent's broker user may read its queue, not declare it.
+            queue = await channel.get_queue(agent_command_queue(self.config.agent_id), ensure=True)
+            self.connected, self.last_error, self._failures = True, None, 0
+            log.info("commands: consuming %s", queue.name)
+            async with queue.iterator() as messages:
+                async for message in messages:
+                    await self.handle(message)
+            raise ConnectionError("command channel closed")
+        finally:
+            self.connected = False
+            try:
+                await connection.close()
+            except Exception as exc:  # a dead link cannot close cleanly; that is fine
+                log.debug("commands: closing AMQP connection: %r", exc)
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Apply one command and settle its delivery."""
+        kind = message.type or _body_type(message.body) or ""
+        handler = self.handlers.get(kind)
+        if handler is None:
+            log.error("command %s of unknown type %r: ignored", message.message_id, kind)
+            await message.ack()
+            return
+        try:
+            command = decode(message.body, kind)
+        except MessageRejected as exc:
+            log.error("command %s refused: %s", message.message_id, exc.reason)
+            await message.ack()
+            return
+        if command.agent_id != self.config.agent_id:
+            log.error(
+                "command %s is addressed to agent %s, not this one: ignored",
+                message.message_id, command.agent_id,
+            )  # fmt: skip
+            await message.ack()
+            return
+        try:
+            await handler(command)
+        except Exception:
+            log.exception(
+                "command %s (%s) failed; it will be redelivered", message.message_id, kind
+            )
+            await message.nack(requeue=True)
+            return
+        self.handled += 1
+        await message.ack()
+
+    async def upload_request(self, command: Message) -> None:
+        """Send the requested segments next (docs/design/clips.md, upload on demand)."""
+        assert isinstance(command, UploadRequest)
+        found = await self.store.prioritize_segments(
+            command.camera_id, command.start_ms, command.end_ms
+        )
+        if found:
+            log.info(
+                "upload request %s: %d segment(s) of camera=%s go next (%s)",
+                command.request_id, found, command.camera_id, command.reason,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "upload request %s: no unsent segment of camera=%s in [%d, %d) (%s); "
+                "nothing to send",
+                command.request_id, command.camera_id, command.start_ms, command.end_ms,
+                command.reason,
+            )  # fmt: skip
