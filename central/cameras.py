@@ -90,3 +90,32 @@ async def set_thumbnail(
         camera_id, key, taken,
     )  # fmt: skip
     return True, previous["thumbnail_key"], key
+
+
+async def update_camera(conn: asyncpg.Connection, camera_id: UUID, changes: dict[str, Any]) -> None:
+    """Change a camera's ``nome``, ``url_rtsp``, ``localizacao`` and/or ``agent_id`` (a key
+    present with None clears ``localizacao``/``agent_id``). The caller checks scope first."""
+    allowed = ("nome", "url_rtsp", "localizacao", "agent_id")
+    if not changes or not set(changes) <= set(allowed):
+        raise ValueError(f"can change only {list(allowed)}")
+    sets = ", ".join(f"{col} = ${i}" for i, col in enumerate(changes, start=2))
+    await conn.execute(
+        f"UPDATE cameras SET {sets} WHERE id = $1",  # noqa: S608 - column names from `allowed`
+        camera_id, *changes.values(),
+    )  # fmt: skip
+
+
+async def camera_footage(conn: asyncpg.Connection, camera_id: UUID) -> dict[str, int]:
+    """What central holds for a camera: rows that deleting it would orphan or destroy."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM segments WHERE camera_id = $1) AS segments,"
+        " (SELECT count(*) FROM lpr_events WHERE camera_id = $1) AS plate_reads,"
+        " (SELECT count(*) FROM clips WHERE camera_id = $1) AS clips",
+        camera_id,
+    )
+    return dict(row) if row else {}
+
+
+async def delete_camera(conn: asyncpg.Connection, camera_id: UUID) -> bool:
+    done = await conn.fetchval("DELETE FROM cameras WHERE id = $1 RETURNING TRUE", camera_id)
+    return bool(done)

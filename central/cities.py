@@ -41,3 +41,20 @@ async def get_city(
         city_id, scope,
     )  # fmt: skip
     return None if row is None else dict(row)
+
+
+async def update_city(
+    conn: asyncpg.Connection, city_id: UUID, scope: list[UUID] | None, changes: dict[str, Any]
+) -> bool:
+    """Change ``nome``, ``estado`` and/or ``plano_retencao_dias`` of a city in scope."""
+    allowed = {"nome", "estado", "plano_retencao_dias"}
+    if not changes or not set(changes) <= allowed:
+        raise ValueError(f"can change only {sorted(allowed)}")
+    done = await conn.fetchval(
+        "UPDATE cidades SET nome = coalesce($3, nome), estado = coalesce($4, estado),"
+        " plano_retencao_dias = coalesce($5, plano_retencao_dias)"
+        " WHERE id = $1 AND ($2::uuid[] IS NULL OR id = ANY($2)) RETURNING TRUE",
+        city_id, scope, changes.get("nome"), changes.get("estado"),
+        changes.get("plano_retencao_dias"),
+    )  # fmt: skip
+    return bool(done)

@@ -11,7 +11,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from central import cameras, cities, segments, storage
+from central import audit, cameras, cities, segments, storage
 from central.api.auth import requires
 from central.api.fields import Text
 from central.api.resources import NOT_FOUND, Res
@@ -41,6 +41,27 @@ class CameraIn(BaseModel):
     )
     localizacao: Text | None = Field(None, max_length=500)
     agent_id: UUID | None = Field(None, description="The city's agent that records it.")
+
+
+class CityPatch(BaseModel):
+    """Only the fields given change."""
+
+    nome: Text | None = Field(None, min_length=1, max_length=255)
+    estado: str | None = Field(None, pattern=r"^[A-Z]{2}$")
+    plano_retencao_dias: int | None = Field(
+        None,
+        description="7, 15 or 30 days; shortening it lets the next retention pass remove "
+        "what is older.",
+    )
+
+
+class CameraPatch(BaseModel):
+    """Only the fields given change; `localizacao` or `agent_id` set to null clears them."""
+
+    nome: Text | None = Field(None, min_length=1, max_length=255)
+    url_rtsp: Text | None = Field(None, min_length=8, max_length=500, pattern=r"^rtsps?://")
+    localizacao: Text | None = Field(None, max_length=500)
+    agent_id: UUID | None = None
 
 
 class CameraOut(CameraIn):
@@ -104,6 +125,27 @@ async def get_city(
     return CityOut(**row)
 
 
+@router.patch("/api/cities/{city_id}", tags=["cities"], responses=NOT_FOUND)
+async def update_city(
+    city_id: UUID,
+    body: CityPatch,
+    r: Res,
+    who: Annotated[Principal, Depends(requires("cities:admin"))],
+) -> CityOut:
+    changes = body.model_dump(exclude_none=True)
+    if not changes:
+        raise HTTPException(422, "nothing to change")
+    if body.plano_retencao_dias is not None and body.plano_retencao_dias not in (7, 15, 30):
+        raise HTTPException(422, "plano_retencao_dias: must be 7, 15 or 30")
+    async with r.pool.acquire() as conn, conn.transaction():
+        if not await cities.update_city(conn, city_id, who.city_list(), changes):
+            raise HTTPException(404, "city not found")
+        await audit.record(conn, who.user_id, "city.update", {"city": str(city_id), **changes})
+        row = await cities.get_city(conn, city_id, None)
+    assert row is not None
+    return CityOut(**row)
+
+
 @router.get("/api/cameras", tags=["cameras"])
 async def list_cameras(
     r: Res,
@@ -146,6 +188,59 @@ async def get_camera(
     if row is None:
         raise HTTPException(404, "camera not found")
     return CameraOut(**row)
+
+
+@router.patch("/api/cameras/{camera_id}", tags=["cameras"], responses=NOT_FOUND)
+async def update_camera(
+    camera_id: UUID,
+    body: CameraPatch,
+    r: Res,
+    who: Annotated[Principal, Depends(requires("cameras:admin"))],
+) -> CameraOut:
+    changes = body.model_dump(exclude_unset=True)
+    for key in ("nome", "url_rtsp"):
+        if key in changes and changes[key] is None:
+            raise HTTPException(422, f"{key}: cannot be null")
+    if not changes:
+        raise HTTPException(422, "nothing to change")
+    async with r.pool.acquire() as conn, conn.transaction():
+        row = await cameras.get_camera(conn, camera_id, who.city_list())
+        if row is None:
+            raise HTTPException(404, "camera not found")
+        if changes.get("agent_id") is not None and not await conn.fetchval(
+            "SELECT 1 FROM agents WHERE id = $1 AND cidade_id = $2",
+            changes["agent_id"], row["cidade_id"],
+        ):  # fmt: skip
+            raise HTTPException(422, "agent_id: not an agent of this city")
+        await cameras.update_camera(conn, camera_id, changes)
+        details = {"camera": str(camera_id), **{k: str(v) for k, v in changes.items()}}
+        await audit.record(conn, who.user_id, "camera.update", details)
+        row = await cameras.get_camera(conn, camera_id, None)
+    assert row is not None
+    return CameraOut(**row)
+
+
+@router.delete(
+    "/api/cameras/{camera_id}",
+    tags=["cameras"],
+    status_code=204,
+    responses=NOT_FOUND | {409: {"description": "The camera has footage or plate reads."}},
+)
+async def delete_camera(
+    camera_id: UUID, r: Res, who: Annotated[Principal, Depends(requires("cameras:admin"))]
+) -> None:
+    """Delete a camera that has nothing recorded. A camera with footage, plate reads or clips is
+    refused (409): detach it from its agent instead and let retention expire its data."""
+    async with r.pool.acquire() as conn, conn.transaction():
+        if await cameras.get_camera(conn, camera_id, who.city_list()) is None:
+            raise HTTPException(404, "camera not found")
+        held = {k: v for k, v in (await cameras.camera_footage(conn, camera_id)).items() if v}
+        if held:
+            raise HTTPException(
+                409, f"camera has {held}; set agent_id to null and let retention expire them"
+            )
+        await cameras.delete_camera(conn, camera_id)
+        await audit.record(conn, who.user_id, "camera.delete", {"camera": str(camera_id)})
 
 
 class Interval(BaseModel):
