@@ -94,11 +94,20 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from central import retention
     from central.clipworker import ClipWorker
 
     async def work(settings: Settings, pool: asyncpg.Pool, s3: Minio, stop: asyncio.Event) -> None:
         amqp = settings.amqp_url.get_secret_value()
-        await ClipWorker(pool, s3, amqp, upload_wait_s=args.upload_wait_s).run(stop)
+        sweeper = None
+        if args.retention_interval_s > 0:
+            sweeper = asyncio.create_task(retention.run(pool, s3, stop, args.retention_interval_s))
+        try:
+            await ClipWorker(pool, s3, amqp, upload_wait_s=args.upload_wait_s).run(stop)
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
 
     _serve(work)
     return 0
@@ -134,10 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_api)
     p = sub.add_parser("ingest", help="consume agent messages from RabbitMQ")
     p.set_defaults(fn=_cmd_ingest)
-    p = sub.add_parser("worker", help="make requested clips; keep recordings' states current")
+    p = sub.add_parser(
+        "worker", help="make requested clips; keep recordings current; enforce retention"
+    )
     p.add_argument(
         "--upload-wait-s", type=float, default=300.0,
         help="how long a clip waits for video its agent was asked to upload (default 300)",
+    )  # fmt: skip
+    p.add_argument(
+        "--retention-interval-s", type=float, default=3600.0,
+        help="seconds between retention passes (each city's plan; default 3600, 0: off)",
     )  # fmt: skip
     p.set_defaults(fn=_cmd_worker)
     p = sub.add_parser("bootstrap", help="create the first admin (and a demo city/agent/camera)")

@@ -3,20 +3,22 @@ and objects together.
 
 One pass walks every city and removes what ended before ``now - plan``: video segments (rows
 in ``segments``, objects in ``recordings``), plate reads (``lpr_events`` and their crops in
-``lpr-images``), loss events and alerts. Clips are exports kept on purpose: they are never
-touched here (see docs/design/schema.md, "Retention").
+``lpr-images``), loss events, alerts and recordings (runs) left without segments. Clips are
+exports kept on purpose: they are never touched here (see docs/design/schema.md, design 4).
 
 Order, per batch: delete the objects first, then the rows in one transaction. A crash between
 the two leaves rows whose objects are gone, but only for footage already past its retention,
 and the next pass deletes those objects again (a missing object counts as deleted) and the
 rows. The other order would leave objects no row points at, which nothing would ever find.
 Each batch is its own unit, so a pass can stop anywhere and the next one resumes; running two
-sweepers at once is safe (``FOR UPDATE SKIP LOCKED``).
+sweepers at once is safe (``FOR UPDATE SKIP LOCKED``). ``gtvision-central worker`` runs it
+every hour (``--retention-interval-s``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,11 +48,12 @@ class SweepReport:
     objects: int = 0
     loss_events: int = 0
     alerts: int = 0
+    recordings: int = 0
     cities: list[UUID] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
-        return self.segments + self.plate_reads + self.loss_events + self.alerts
+        return self.segments + self.plate_reads + self.loss_events + self.alerts + self.recordings
 
 
 def delete_objects(s3: Minio, objects: list[tuple[str, str]]) -> int:
@@ -138,7 +141,7 @@ async def _sweep_plate_reads(
 async def _sweep_rows(
     pool: asyncpg.Pool, city_id: UUID, cutoff: datetime, report: SweepReport
 ) -> None:
-    """Rows without objects: loss events (by their end) and alerts (by detection)."""
+    """Rows without objects: loss events (by their end), alerts (by detection), recordings."""
     async with pool.acquire() as conn, conn.transaction():
         losses = await conn.execute(
             "DELETE FROM loss_events WHERE cidade_id = $1 AND end_time <= $2", city_id, cutoff
@@ -146,8 +149,17 @@ async def _sweep_rows(
         alerts = await conn.execute(
             "DELETE FROM alerts WHERE cidade_id = $1 AND detected_at < $2", city_id, cutoff
         )
+        # A recording (one run) that ended before the cutoff has no segment left: the segment
+        # pass above removed them all. One a clip points at stays, as its context.
+        recs = await conn.execute(
+            "DELETE FROM recordings r USING cameras c WHERE r.camera_id = c.id"
+            " AND c.cidade_id = $1 AND r.last_end <= $2"
+            " AND NOT EXISTS (SELECT 1 FROM clips k WHERE k.recording_id = r.id)",
+            city_id, cutoff,
+        )  # fmt: skip
     report.loss_events += int(losses.rsplit(" ", 1)[1])
     report.alerts += int(alerts.rsplit(" ", 1)[1])
+    report.recordings += int(recs.rsplit(" ", 1)[1])
 
 
 async def sweep(pool: asyncpg.Pool, s3: Minio, now: datetime | None = None) -> SweepReport:
@@ -169,18 +181,22 @@ async def sweep(pool: asyncpg.Pool, s3: Minio, now: datetime | None = None) -> S
     if report.rows:
         log.info(
             "retention: removed %d segments, %d plate reads, %d loss events, %d alerts, "
-            "%d objects in %d cities",
+            "%d recordings, %d objects in %d cities",
             report.segments, report.plate_reads, report.loss_events, report.alerts,
-            report.objects, len(report.cities),
+            report.recordings, report.objects, len(report.cities),
         )  # fmt: skip
     return report
 
 
-async def run_forever(pool: asyncpg.Pool, s3: Minio, interval_s: float = 3600.0) -> None:
-    """Sweep every ``interval_s``; a failed pass is logged and retried at the next one."""
-    while True:
+async def run(
+    pool: asyncpg.Pool, s3: Minio, stop: asyncio.Event, interval_s: float = 3600.0
+) -> None:
+    """Sweep now and every ``interval_s`` until ``stop``; a failed pass is logged and retried
+    at the next one."""
+    while not stop.is_set():
         try:
             await sweep(pool, s3)
         except (SweepError, asyncpg.PostgresError, OSError) as exc:
             log.error("retention pass failed (retried in %.0f s): %s", interval_s, exc)
-        await asyncio.sleep(interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)

@@ -86,8 +86,24 @@ async def test_each_city_keeps_its_plan_rows_and_objects_together(
         half_done = await add_segment(conn, s3_client, w["cam_a"], old + timedelta(hours=1))
         s3_client.remove_object("recordings", half_done)
 
+        # Runs: one expired, one expired but a clip points at it, one within the plan.
+        runs = {}
+        for name, age in (("old", old), ("clipped", old), ("recent", recent)):
+            runs[name] = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO recordings (id, stream_id, retention_days, camera_id, last_end)"
+                " VALUES ($1, $2, 15, $3, $4)",
+                runs[name], uuid.uuid4(), w["cam_a"], NOW - age,
+            )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO clips (id, recording_id, start_time, end_time, camera_id, status, keep)"
+            " VALUES ($1, $2, $3, $3, $4, 'READY', TRUE)",
+            uuid.uuid4(), runs["clipped"], (NOW - old).replace(tzinfo=None), w["cam_a"],
+        )  # fmt: skip
+
     report = await retention.sweep(db_pool, s3_client, now=NOW)
     assert (report.segments, report.plate_reads, report.loss_events) == (2, 1, 1)
+    assert report.recordings == 1
     assert report.cities == [w["a"]]
     assert not exists(s3_client, "recordings", gone_a)
     assert not exists(s3_client, "lpr-images", crop_gone)
@@ -99,6 +115,10 @@ async def test_each_city_keeps_its_plan_rows_and_objects_together(
         }  # fmt: skip
         keys = {r["object_key"] for r in await conn.fetch("SELECT object_key FROM segments")}
     assert keys == {kept_a, kept_b}
+    async with db_pool.acquire() as conn:
+        left = {r["id"] for r in await conn.fetch("SELECT id FROM recordings")}
+        assert left == {runs["clipped"], runs["recent"]}
+        assert await conn.fetchval("SELECT count(*) FROM clips") == 1, "clips are never swept"
 
     again = await retention.sweep(db_pool, s3_client, now=NOW)
     assert again.rows == 0 and again.objects == 0, "a second pass finds nothing"
