@@ -51,6 +51,65 @@ class RecordConfig(Strict):
         return float(self.stall_seconds or 3 * self.segment_seconds + 10)
 
 
+class LprConfig(Strict):
+    """Plate recognition on a camera (docs/design/lpr.md)."""
+
+    enabled: bool = Field(False, description="Read plates on this camera.")
+    fps: float = Field(5.0, gt=0, le=30, description="Frames per second sampled for reading.")
+    url: str | None = Field(
+        None,
+        max_length=500,
+        description="A sub-stream to read plates from (RTSP, no credentials: the camera's "
+        "username/password are used); unset: the recorded stream.",
+    )
+    rec_model: Path | None = Field(
+        None,
+        description="A CTC text-recognition ONNX model ([N, 3, H, W] in, [N, T, classes] out) "
+        "instead of the bundled PP-OCRv6; checked at start-up.",
+    )
+    rec_charset: Path | None = Field(
+        None,
+        description="The model's character list (one a line), if its metadata has none.",
+    )
+    min_confidence: float = Field(
+        0.6, ge=0, le=1, description="Frame reads below this confidence are ignored."
+    )
+    max_plates: int = Field(
+        6, ge=1, le=32, description="Plate candidates read per frame at most (cost per frame)."
+    )
+    suppress_seconds: int = Field(
+        60,
+        ge=0,
+        le=3600,
+        description="A plate read again on this camera within this many seconds of its "
+        "previous passage is not stored again (a car waiting at a light).",
+    )
+    queue_frames: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="Frames waiting for the reader at most; when it falls behind, the oldest "
+        "are dropped (and counted), so memory stays bounded.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _rtsp_without_credentials(cls, url: str | None) -> str | None:
+        return None if url is None else _check_rtsp_url(url)
+
+    @model_validator(mode="after")
+    def _models_load(self) -> LprConfig:
+        if self.enabled:
+            # Imported here: onnxruntime is loaded only by configs that read plates.
+            from agent.lpr.models import ModelError, check_rec_model
+
+            try:
+                check_rec_model(self.rec_model, self.rec_charset)
+            except ModelError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+
 class CameraConfig(Strict):
     id: UUID = Field(description="The camera's id in central (cameras.id).")
     name: str = Field(max_length=255, description="Human name, shown in logs and status.")
@@ -63,28 +122,41 @@ class CameraConfig(Strict):
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
     enabled: bool = Field(True, description="Record this camera; false keeps it configured.")
     record: RecordConfig = Field(RecordConfig(), description="Recording settings.")
+    lpr: LprConfig = Field(LprConfig(), description="Plate recognition on this camera.")
 
     @field_validator("url")
     @classmethod
     def _rtsp_without_credentials(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("rtsp", "rtsps"):
-            raise ValueError(f"must be an rtsp:// or rtsps:// URL (got scheme {parts.scheme!r})")
-        if not parts.hostname:
-            raise ValueError("has no host")
-        if parts.username or parts.password:
-            raise ValueError("must not contain credentials: use the username/password keys")
-        return url
+        return _check_rtsp_url(url)
 
     def source_url(self) -> str:
         """The URL handed to ffmpeg, with credentials. Never log it: use ``url``."""
+        return self._with_credentials(self.url)
+
+    def lpr_source_url(self) -> str:
+        """The stream plates are read from (``lpr.url`` or the recorded one), with credentials.
+        Never log it."""
+        return self._with_credentials(self.lpr.url or self.url)
+
+    def _with_credentials(self, url: str) -> str:
         if not self.username:
-            return self.url
-        parts = urlsplit(self.url)
+            return url
+        parts = urlsplit(url)
         secret = self.password.get_secret_value() if self.password else ""
         userinfo = quote(self.username, safe="") + ":" + quote(secret, safe="")
         netloc = f"{userinfo}@{parts.netloc}"
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _check_rtsp_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("rtsp", "rtsps"):
+        raise ValueError(f"must be an rtsp:// or rtsps:// URL (got scheme {parts.scheme!r})")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if parts.username or parts.password:
+        raise ValueError("must not contain credentials: use the username/password keys")
+    return url
 
 
 GIB = 1024**3

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from agent.commands import CommandConsumer
 from agent.config import AgentConfig, CameraConfig, redact_url
 from agent.eviction import Budget, Evictor
+from agent.lpr.service import LprService
 from agent.relay import Relay
 from agent.reload import ConfigReloader, ReloadResult
 from agent.segmenter import CameraRecorder
@@ -115,6 +116,7 @@ class Agent:
         self.relay = Relay(config, self.store)
         self.commands = CommandConsumer(config, self.store)
         self.evictor = Evictor(self.store, self.spool, self._budget)
+        self.lpr = LprService(config, self.store)
         self.recorders: dict[str, CameraRecorder] = {}
         self.restart_required: tuple[str, ...] = ()
         self.reloader = (
@@ -150,6 +152,7 @@ class Agent:
                 self._spawn(self.relay.run(), "relay")
                 self._spawn(self.commands.run(), "commands")
                 self._spawn(self.evictor.run(), "evictor")
+                self._spawn(self.lpr.run(), "lpr")
                 for key, camera in self.config.cameras.items():
                     if camera.enabled:
                         self._start_recorder(key, camera)
@@ -198,6 +201,7 @@ class Agent:
         self._recorder_tasks[key] = self._spawn(recorder.run(), f"camera:{key}")
         self.recorders[key] = recorder
         self._recorder_since[key] = time.time()
+        self.lpr.start(key, camera, self._spawn)  # plate recognition, if lpr.enabled
 
     async def _stop_recorder(self, key: str) -> None:
         """Cancel one recorder and wait until its ffmpeg has exited."""
@@ -205,7 +209,7 @@ class Agent:
         self.recorders.pop(key, None)
         self._recorder_since.pop(key, None)
         task.cancel()
-        await asyncio.wait([task])
+        await asyncio.gather(asyncio.wait([task]), self.lpr.stop(key))
 
     def recorder_tasks(self) -> Mapping[str, asyncio.Task[None]]:
         """The running recorder tasks by camera key (a copy)."""
@@ -293,6 +297,7 @@ class Agent:
                     "reason": reason,
                     "segments_registered": registered,
                     "recording_since": _iso(self._recorder_since.get(key)),
+                    "lpr": self.lpr.status().get(key),
                 }
             )
         return cameras

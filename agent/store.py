@@ -23,7 +23,7 @@ from uuid import UUID, uuid4
 import sqlite_utils
 
 from agent.eviction import Candidate, Eviction, coalesce_losses, plan_eviction
-from shared.messages import LossEvent, LossReason, PlateRead
+from shared.messages import LossEvent, LossReason, PlateRead, WatchlistAlert
 
 T = TypeVar("T")
 
@@ -165,6 +165,33 @@ MIGRATIONS: list[str] = [
     ALTER TABLE segments ADD COLUMN clock_error_ms INTEGER;
     ALTER TABLE segments ADD COLUMN shifted_ms INTEGER NOT NULL DEFAULT 0;
     """,
+    # docs/design/lpr.md "Persistence": a read's passage, box and evidence crop; a read made by
+    # the agent's LPR waits (held = 1) until the segment holding its best frame is registered
+    # (the trigger links it in the segment's own transaction) or its hold time passes, then its
+    # outbox row is written (release_plate_reads). The local watchlist, matched on the agent.
+    """
+    ALTER TABLE plate_reads ADD COLUMN first_ms INTEGER;
+    ALTER TABLE plate_reads ADD COLUMN last_ms INTEGER;
+    ALTER TABLE plate_reads ADD COLUMN box TEXT;
+    ALTER TABLE plate_reads ADD COLUMN crop_path TEXT;
+    ALTER TABLE plate_reads ADD COLUMN crop_size_bytes INTEGER;
+    ALTER TABLE plate_reads ADD COLUMN crop_sha256 TEXT;
+    ALTER TABLE plate_reads ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE plate_reads ADD COLUMN hold_until_ms INTEGER;
+    CREATE INDEX plate_reads_held ON plate_reads (hold_until_ms) WHERE held = 1;
+    CREATE TRIGGER segments_link_plate_reads AFTER INSERT ON segments
+    BEGIN
+        UPDATE plate_reads SET segment_id = NEW.segment_id
+            WHERE held = 1 AND segment_id IS NULL AND camera_id = NEW.camera_id
+            AND seen_ms >= NEW.start_ms AND seen_ms < NEW.start_ms + NEW.duration_ms;
+    END;
+    CREATE TABLE watchlist (
+        plate TEXT PRIMARY KEY,
+        watchlist_id TEXT,
+        reason TEXT NOT NULL DEFAULT '',
+        loaded_ms INTEGER NOT NULL
+    );
+    """,
 ]
 
 TIME_SOURCES = ("live", "recovered")
@@ -191,6 +218,30 @@ class Segment:
     clock_sync: str = "unknown"
     clock_error_ms: int | None = None
     shifted_ms: int = 0
+
+
+@dataclass(frozen=True)
+class LprRead:
+    """One vehicle passage read by the agent's LPR (docs/design/lpr.md)."""
+
+    read_id: UUID
+    camera_id: UUID
+    plate: str
+    confidence: float
+    seen_ms: int  # the best frame's time: the evidence crop's and the segment link's
+    first_ms: int
+    last_ms: int
+    box: tuple[int, int, int, int]  # (x, y, w, h) of the plate on that frame
+    crop_path: str | None
+    crop_size_bytes: int | None
+    crop_sha256: str | None
+
+
+@dataclass(frozen=True)
+class WatchEntry:
+    plate: str
+    watchlist_id: UUID | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -934,5 +985,140 @@ class Store:
                 # Segments whose file disappeared (docs/design/segments.md "Recovery").
                 "lost": lost,
             }
+
+        return await self._run(query)
+
+    # --- docs/design/lpr.md: plate reads of the agent's own LPR, the local watchlist --------
+
+    async def add_lpr_read(self, read: LprRead, alerts: list[WatchlistAlert], hold_ms: int) -> bool:
+        """Store one passage's plate read (crop already on disk, fsynced) and its watchlist
+        alerts' outbox rows, in one transaction. The read's own outbox row is written at once
+        when a registered segment of its camera holds ``seen_ms``; otherwise the read is held
+        until one is registered or ``hold_ms`` passes (``release_plate_reads``). Idempotent on
+        ``read_id``; returns False if it was already stored."""
+
+        def insert() -> bool:
+            now = _now_ms()
+            with self.db.atomic():
+                row = self.db.execute(
+                    "SELECT segment_id FROM segments WHERE camera_id = ? AND start_ms <= ?"
+                    " AND start_ms > ? AND start_ms + duration_ms > ?"
+                    " ORDER BY start_ms DESC LIMIT 1",
+                    [str(read.camera_id), read.seen_ms, read.seen_ms - 120_000, read.seen_ms],
+                ).fetchone()
+                segment_id = row[0] if row else None
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO plate_reads (read_id, camera_id, plate, confidence,"
+                    " seen_ms, segment_id, created_ms, first_ms, last_ms, box, crop_path,"
+                    " crop_size_bytes, crop_sha256, held, hold_until_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [str(read.read_id), str(read.camera_id), read.plate, read.confidence,
+                     read.seen_ms, segment_id, now, read.first_ms, read.last_ms,
+                     json.dumps(list(read.box)), read.crop_path, read.crop_size_bytes,
+                     read.crop_sha256, 0 if segment_id else 1, now + hold_ms],
+                )  # fmt: skip
+                if not cur.rowcount:
+                    return False
+                if segment_id:
+                    self._queue_plate_read(str(read.read_id), now)
+                for alert in alerts:
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO outbox (kind, priority, ref_id, payload, created_ms)"
+                        " VALUES ('watchlist_alert', ?, ?, ?, ?)",
+                        [PRIORITY["alert"], str(alert.alert_id), alert.model_dump_json(), now],
+                    )
+            return True
+
+        added = await self._run(insert)
+        self._outbox_changed.set()
+        return added
+
+    def _queue_plate_read(self, read_id: str, now: int) -> None:
+        """Write a stored read's outbox row (its wire message) and mark it released. Writer
+        thread, inside the caller's transaction."""
+        if self.agent_id is None:
+            raise RuntimeError("a store without agent_id cannot queue plate reads")
+        r = self.db.execute(
+            "SELECT camera_id, plate, confidence, seen_ms, segment_id FROM plate_reads"
+            " WHERE read_id = ?",
+            [read_id],
+        ).fetchone()
+        message = PlateRead(
+            read_id=UUID(read_id),
+            agent_id=self.agent_id,
+            camera_id=UUID(r[0]),
+            plate=r[1],
+            confidence=r[2],
+            seen_ms=r[3],
+            segment_id=UUID(r[4]) if r[4] else None,
+        )
+        self.db.execute(
+            "INSERT OR IGNORE INTO outbox (kind, priority, ref_id, payload, created_ms)"
+            " VALUES ('plate_read', ?, ?, ?, ?)",
+            [PRIORITY["plate_read"], read_id, message.model_dump_json(), now],
+        )
+        self.db.execute("UPDATE plate_reads SET held = 0 WHERE read_id = ?", [read_id])
+
+    async def release_plate_reads(self, now_ms: int | None = None) -> int:
+        """Write the outbox rows of held reads that are linked to their segment by now, or
+        whose hold time has passed (sent without a segment). Returns how many. Commits."""
+
+        def release() -> int:
+            now = _now_ms() if now_ms is None else now_ms
+            with self.db.atomic():
+                ids = [
+                    r[0]
+                    for r in self.db.execute(
+                        "SELECT read_id FROM plate_reads WHERE held = 1"
+                        " AND (segment_id IS NOT NULL OR hold_until_ms <= ?)",
+                        [now],
+                    ).fetchall()
+                ]
+                for read_id in ids:
+                    self._queue_plate_read(read_id, _now_ms())
+            return len(ids)
+
+        released = await self._run(release)
+        if released:
+            self._outbox_changed.set()
+        return released
+
+    async def replace_watchlist(self, entries: list[WatchEntry]) -> int:
+        """The local watchlist becomes ``entries`` (the loader: central's lists as they are
+        now), in one transaction. Returns how many plates it holds. Commits."""
+
+        def replace() -> int:
+            now = _now_ms()
+            with self.db.atomic():
+                self.db.execute("DELETE FROM watchlist")
+                self.db.conn.executemany(
+                    "INSERT OR REPLACE INTO watchlist (plate, watchlist_id, reason, loaded_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(e.plate, str(e.watchlist_id) if e.watchlist_id else None, e.reason, now)
+                     for e in entries],
+                )  # fmt: skip
+                n: int = self.db.execute("SELECT count(*) FROM watchlist").fetchone()[0]
+            return n
+
+        return await self._run(replace)
+
+    async def watchlist(self) -> list[WatchEntry]:
+        """The local watchlist's plates."""
+
+        def query() -> list[WatchEntry]:
+            rows = self.db.execute(
+                "SELECT plate, watchlist_id, reason FROM watchlist ORDER BY plate"
+            ).fetchall()
+            return [WatchEntry(r[0], UUID(r[1]) if r[1] else None, r[2]) for r in rows]
+
+        return await self._run(query)
+
+    async def watchlist_version(self) -> tuple[int, int]:
+        """(when the local watchlist was last replaced, how many plates): changes with every
+        load, so the matcher notices a new list."""
+
+        def query() -> tuple[int, int]:
+            row = self.db.execute("SELECT max(loaded_ms), count(*) FROM watchlist").fetchone()
+            return int(row[0] or 0), int(row[1])
 
         return await self._run(query)

@@ -149,6 +149,7 @@ def messages_md() -> str:
         messages.PlateReadBatch,
         messages.LossEvent,
         messages.UploadRequest,
+        messages.WatchlistAlert,
         messages.BlobRef,
     ):
         doc = (model.__doc__ or "").strip().replace("\n    ", "\n")

@@ -222,6 +222,32 @@ class UploadRequest(WireModel):
         return self
 
 
+class WatchlistAlert(WireModel):
+    """A plate read on one of the agent's cameras matched a plate of a local watchlist: exactly,
+    or within one character (``possible``, e.g. a misread glyph). Raised on the agent, so it
+    fires while offline; queued before everything else. Idempotency key: ``alert_id``.
+
+    Not consumed by central yet: the relay leaves these outbox rows waiting until it sends the
+    type (central's alerts table already has its columns).
+    """
+
+    type: Literal["watchlist_alert"] = "watchlist_alert"
+    schema_version: Literal[1] = 1
+    alert_id: UUID = Field(description="Made by the agent; the idempotency key.")
+    agent_id: UUID = Field(description="Must match the routing key's agent.")
+    camera_id: UUID = Field(description="A camera of the agent's city.")
+    read_id: UUID = Field(description="The plate read that matched (a PlateRead's read_id).")
+    plate: str = Field(pattern=PLATE_RE.pattern, description="The plate as read.")
+    listed_plate: str = Field(pattern=PLATE_RE.pattern, description="The watchlist's plate.")
+    match: Literal["exact", "possible"] = Field(
+        description="exact: the same plate (or its Mercosul conversion); possible: one "
+        "character apart."
+    )
+    watchlist_id: UUID | None = Field(None, description="The list the plate is on, if known.")
+    confidence: float = Field(ge=0, le=1, description="The read's recogniser confidence.")
+    detected_ms: EpochMs
+
+
 Message = (
     SegmentRecorded
     | PlateRead
@@ -230,6 +256,7 @@ Message = (
     | ThumbnailTaken
     | LossEvent
     | UploadRequest
+    | WatchlistAlert
 )
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -240,6 +267,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     "thumbnail": ThumbnailTaken,
     "loss_event": LossEvent,
     "upload_request": UploadRequest,
+    "watchlist_alert": WatchlistAlert,
 }
 
 

@@ -74,12 +74,14 @@ _LAYOUT: dict[PlateFormat, tuple[bool, ...]] = {
     "mercosul": (True, True, True, False, True, False, False),
     "old": (True, True, True, False, False, False, False),
 }
-# Look-alikes across the two classes, both ways (a superset of the position fixes above).
+# Look-alikes across the two classes that reading corrects, both ways: the pairs plate fonts
+# barely tell apart. Looser ones (A/4, T/7, L/1, U/0) are left to ``normalize`` (search text):
+# in OCR output they turn shop signs into plates ("LOJA 241" -> LOJ4241) far more often than
+# they fix a misread plate.
 _CONFUSABLE: dict[str, str] = {
-    **{d: letter for d, letter in _TO_LETTER.items()},
-    **{letter: d for letter, d in _TO_DIGIT.items()},
-    "0": "O",
-}
+    "0": "O", "O": "0", "1": "I", "I": "1", "8": "B", "B": "8", "5": "S", "S": "5",
+    "2": "Z", "Z": "2", "6": "G", "G": "6", "Q": "0", "D": "0",
+}  # fmt: skip
 # What a plate's frame or a screw looks like when read as a glyph; only these may be dropped
 # around seven characters.
 BORDER_GLYPHS = frozenset("I1LJT")

@@ -4,6 +4,7 @@ missing file is a clear error at start-up, never a crash on the first frame."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,3 +114,30 @@ class Recognizer:
     def run(self, batch: FloatArray) -> FloatArray:
         out = self.session.run(None, {self.input_name: batch})[0]
         return np.asarray(out, dtype=np.float32)
+
+
+def _stamp(path: Path | None) -> tuple[str, int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), -1, -1)
+    return (str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _check(rec: tuple[str, int, int] | None, charset: tuple[str, int, int] | None) -> str | None:
+    try:
+        Recognizer.load(Path(rec[0]) if rec else None, Path(charset[0]) if charset else None)
+    except ModelError as exc:
+        return str(exc)
+    return None
+
+
+def check_rec_model(path: Path | None, charset_path: Path | None = None) -> None:
+    """Load the recognition model once to check it (config validation: a bad model is a clear
+    error at start-up and a rejected edit on reload). Cached per file version."""
+    error = _check(_stamp(path), _stamp(charset_path))
+    if error:
+        raise ModelError(error)

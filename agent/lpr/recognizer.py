@@ -73,6 +73,11 @@ class LineCandidate:
 def _tighten(mask: Array) -> tuple[int, int, int, int] | None:
     """The glyph line in a blob's mask: its longest band of well-filled rows, then the columns
     filled in that band (drops borders, trims and lights merged into the blob)."""
+    cols_on = np.flatnonzero(mask.any(axis=0))
+    if cols_on.size == 0:
+        return None
+    c0 = int(cols_on[0])
+    mask = mask[:, c0 : int(cols_on[-1]) + 1]
     rows = (mask > 0).mean(axis=1) > 0.5
     best, run_start, best_run = (0, 0), -1, 0
     for i, full in enumerate([*rows.tolist(), False]):
@@ -87,7 +92,7 @@ def _tighten(mask: Array) -> tuple[int, int, int, int] | None:
     cols = np.flatnonzero((mask[best[0] : best[1]] > 0).mean(axis=0) > 0.5)
     if cols.size == 0:
         return None
-    return int(cols[0]), best[0], int(cols[-1] - cols[0] + 1), best_run
+    return c0 + int(cols[0]), best[0], int(cols[-1] - cols[0] + 1), best_run
 
 
 def glyph_line(grey: Array, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
@@ -132,7 +137,33 @@ def glyph_line(grey: Array, box: tuple[int, int, int, int]) -> tuple[int, int, i
     if float(below.mean()) < ink + 0.45 * contrast or float(below.std()) > 0.35 * contrast:
         return None
     left, right = min(lefts), max(rights)
-    return x + left, y0 + top, right - left, gh
+    glyphs = (x + left, y0 + top, right - left, gh)
+    if _text_continues(grey, glyphs, (ink + paper) / 2):
+        return None
+    return glyphs
+
+
+def _text_continues(grey: Array, glyphs: tuple[int, int, int, int], level: float) -> bool:
+    """More glyphs of the same height in line just left or right of ``glyphs``: a longer text
+    (a sign's "HOTEL 2000" is not the plate TEL2000). A plate's frame is thin and runs past
+    the glyphs' top and bottom, so it does not count."""
+    x, y, w, h = glyphs
+    y0, y1 = max(0, y - h // 4), min(grey.shape[0], y + h + h // 4)
+    reach = round(1.2 * h)
+    for x0, x1 in (
+        (max(0, x - reach), max(0, x - 1)),
+        (x + w + 1, min(grey.shape[1], x + w + reach)),
+    ):
+        if x1 - x0 < h // 3:
+            continue
+        ink = (grey[y0:y1, x0:x1] < level).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+        for i in range(1, n):
+            cy, cw, ch = (int(v) for v in stats[i, 1:4])
+            inside = cy > 0 and cy + ch < y1 - y0
+            if inside and 0.6 * h <= ch <= 1.3 * h and 0.15 * h <= cw <= 1.2 * h:
+                return True
+    return False
 
 
 def _level(image: Array, centre: tuple[float, float], angle: float, size: tuple[int, int]) -> Array:
@@ -194,7 +225,7 @@ def find_candidates(frame: Image, limit: int) -> list[LineCandidate]:
             continue
         centre = (mu["m10"] / mu["m00"], mu["m01"] / mu["m00"])
         # a patch wide enough for the levelled line, tall enough for the band above it
-        pw = round(w * 1.2) + 8
+        pw = round(w * 1.1 + 3 * h) + 8  # room for _text_continues on both sides
         ph = round(h + w * math.sin(math.radians(abs(angle)))) * 3 + 8
         local = np.zeros((ph, pw), np.uint8)
         shifted = contour - np.array([[round(centre[0] - pw / 2), round(centre[1] - ph / 2)]])

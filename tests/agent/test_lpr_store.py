@@ -1,0 +1,133 @@
+"""Plate reads of the agent's LPR in the store: held until the segment holding their frame is
+registered (linked in the segment's own transaction) or their hold time passes; watchlist alerts
+queued at top priority with the read; the local watchlist loader; matching."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from agent.lpr.watchlist import match_plate
+from agent.store import PRIORITY, LprRead, Store, WatchEntry
+from shared.messages import PlateRead, WatchlistAlert
+from tests.agent.test_store import make_segment
+
+AGENT = uuid.uuid4()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = Store(tmp_path / "a.sqlite3", AGENT)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def lpr_read(camera_id: uuid.UUID, seen_ms: int, plate: str = "BRA2E19") -> LprRead:
+    return LprRead(
+        read_id=uuid.uuid4(), camera_id=camera_id, plate=plate, confidence=0.97,
+        seen_ms=seen_ms, first_ms=seen_ms - 800, last_ms=seen_ms + 400, box=(10, 20, 120, 30),
+        crop_path="/spool/lpr/c.jpg", crop_size_bytes=1234, crop_sha256="c" * 64,
+    )  # fmt: skip
+
+
+async def plate_rows(store: Store) -> list[tuple[str, str | None, int]]:
+    def q() -> list[tuple[str, str | None, int]]:
+        return store.db.execute("SELECT read_id, segment_id, held FROM plate_reads").fetchall()
+
+    return await store._run(q)
+
+
+async def test_read_waits_for_its_segment_then_goes_out_linked(
+    store: Store, tmp_path: Path
+) -> None:
+    seg = make_segment(tmp_path)
+    read = lpr_read(seg.camera_id, seg.start_ms + 500)
+    assert await store.add_lpr_read(read, [], hold_ms=60_000)
+    assert not await store.add_lpr_read(read, [], hold_ms=60_000)  # idempotent on read_id
+    assert [r.kind for r in await store.pending()] == []  # held: no outbox row yet
+    assert await store.release_plate_reads() == 0
+    await store.add_segment(seg)  # the trigger links the read in this transaction
+    assert await plate_rows(store) == [(str(read.read_id), str(seg.segment_id), 1)]
+    assert await store.release_plate_reads() == 1
+    rows = await store.pending()
+    assert [(r.kind, r.ref_id) for r in rows if r.kind == "plate_read"] == [
+        ("plate_read", str(read.read_id))
+    ]
+    message = PlateRead.model_validate(next(r for r in rows if r.kind == "plate_read").payload)
+    assert message.segment_id == seg.segment_id and message.agent_id == AGENT
+    assert message.plate == "BRA2E19" and message.seen_ms == read.seen_ms
+    assert await store.release_plate_reads() == 0  # released once
+
+
+async def test_read_of_a_closed_segment_goes_out_at_once(store: Store, tmp_path: Path) -> None:
+    seg = make_segment(tmp_path)
+    await store.add_segment(seg)
+    read = lpr_read(seg.camera_id, seg.start_ms + 1999)
+    await store.add_lpr_read(read, [], hold_ms=60_000)
+    [(read_id, segment_id, held)] = await plate_rows(store)
+    assert (segment_id, held) == (str(seg.segment_id), 0)
+    assert [r.ref_id for r in await store.pending() if r.kind == "plate_read"] == [read_id]
+
+
+async def test_unlinked_read_goes_out_when_its_hold_passes(store: Store, tmp_path: Path) -> None:
+    seg = make_segment(tmp_path)
+    other_camera = replace(seg, camera_id=uuid.uuid4(), path=tmp_path / "other.mp4")
+    read = lpr_read(seg.camera_id, seg.start_ms + 500)
+    await store.add_lpr_read(read, [], hold_ms=60_000)
+    await store.add_segment(other_camera)  # same time, another camera: no link
+    assert await store.release_plate_reads() == 0
+    later = time.time_ns() // 1_000_000 + 61_000  # its hold has passed
+    assert await store.release_plate_reads(now_ms=later) == 1
+    [row] = [r for r in await store.pending() if r.kind == "plate_read"]
+    assert row.payload["segment_id"] is None
+
+
+async def test_alert_is_queued_first_with_its_read(store: Store, tmp_path: Path) -> None:
+    camera = uuid.uuid4()
+    read = lpr_read(camera, 1_700_000_000_000)
+    alert = WatchlistAlert(
+        alert_id=uuid.uuid4(), agent_id=AGENT, camera_id=camera, read_id=read.read_id,
+        plate=read.plate, listed_plate="BRA2E18", match="possible", confidence=0.97,
+        detected_ms=read.seen_ms,
+    )  # fmt: skip
+    await store.add_segment(make_segment(tmp_path))  # video waiting too
+    await store.add_lpr_read(read, [alert], hold_ms=60_000)
+    rows = await store.pending()
+    assert rows[0].kind == "watchlist_alert" and rows[0].ref_id == str(alert.alert_id)
+    assert WatchlistAlert.model_validate(rows[0].payload) == alert
+    assert PRIORITY["alert"] < PRIORITY["plate_read"]
+
+
+async def test_watchlist_loader_replaces_the_list(store: Store) -> None:
+    assert await store.watchlist() == []
+    list_id = uuid.uuid4()
+    await store.replace_watchlist([WatchEntry("ABC1234", list_id, "furto"), WatchEntry("BRA2E19")])
+    first = await store.watchlist_version()
+    assert [e.plate for e in await store.watchlist()] == ["ABC1234", "BRA2E19"]
+    assert (await store.watchlist())[0] == WatchEntry("ABC1234", list_id, "furto")
+    assert await store.replace_watchlist([WatchEntry("XYZ9A99")]) == 1
+    assert [e.plate for e in await store.watchlist()] == ["XYZ9A99"]
+    assert await store.watchlist_version() != first
+
+
+def test_watchlist_matching() -> None:
+    entries = [WatchEntry("ABC1234"), WatchEntry("BRA2E19"), WatchEntry("QQQ1Q11")]
+    assert [(m.entry.plate, m.match) for m in match_plate("BRA2E19", entries)] == [
+        ("BRA2E19", "exact")
+    ]
+    # an old plate and its Mercosul conversion are the same vehicle
+    assert [(m.entry.plate, m.match) for m in match_plate("ABC1C34", entries)] == [
+        ("ABC1234", "exact")
+    ]
+    assert [(m.entry.plate, m.match) for m in match_plate("BRA2E18", entries)] == [
+        ("BRA2E19", "possible")
+    ]
+    assert match_plate("ZZZ9Z99", entries) == []
+    assert json.dumps([m.match for m in match_plate("QQQ1Q12", entries)]) == '["possible"]'
