@@ -13,14 +13,16 @@ import asyncio
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
@@ -34,6 +36,8 @@ from agent.store import Segment, Store
 from devstack.procs import start_process, stop_pid, tail
 from shared.messages import PlateRead
 from shared.topology import CONSUMER_QUEUES, declare_topology
+
+T = TypeVar("T")
 
 ADMIN = ("faults@example.com", "fault tier admin password 123")
 CAMERA_KEY = "faultcam"  # spool folder of the injected segments
@@ -247,7 +251,7 @@ class Injector:
                     )
                     for i in range(start, min(n, start + batch))
                 ]
-                added = await store.add_plate_reads(reads)
+                added = await _while_locked(partial(store.add_plate_reads, reads))
                 if added != len(reads):
                     raise RuntimeError(f"only {added} of {len(reads)} new reads were added")
                 ids += [r.read_id for r in reads]
@@ -267,7 +271,9 @@ class Injector:
         try:
             folder = run_dir(self.site.spool, CAMERA_KEY, self.run_id)
             if not self._run_added:
-                await store.add_run(self.run_id, CAMERA_KEY, self.site.camera_id, BASE_MS)
+                await _while_locked(
+                    lambda: store.add_run(self.run_id, CAMERA_KEY, self.site.camera_id, BASE_MS)
+                )
                 self._run_added = True
             for _ in range(n):
                 seq = self.segments
@@ -286,13 +292,28 @@ class Injector:
                     sha256=hashlib.sha256(data).hexdigest(),
                     codec="h264",
                 )
-                if not await store.add_segment(seg):
+                if not await _while_locked(partial(store.add_segment, seg)):
                     raise RuntimeError(f"segment file {path} was already registered")
                 ids.append(seg.segment_id)
                 self.segments += 1
         finally:
             await store.close()
         return ids
+
+
+async def _while_locked(write: Callable[[], Awaitable[T]], attempts: int = 20) -> T:
+    """Retry a write that found the database locked. The agent's store has one writer by
+    design; this injector is a second process, and a deferred transaction that reads first
+    gets SQLITE_BUSY at once (no busy timeout) when the agent committed in between. Each
+    write is one transaction, rolled back on the error, and idempotent."""
+    for attempt in range(attempts):
+        try:
+            return await write()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _write_synced(path: Path, data: bytes) -> None:
