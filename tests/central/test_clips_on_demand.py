@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import aio_pika
 import asyncpg
+import httpx
 import pytest
 from minio import Minio
 
@@ -20,6 +23,8 @@ from central.clipworker import ClipWorker
 from central.settings import Settings
 from central.video import probe_duration_ms
 from devstack.tcpproxy import TcpProxy
+from shared.messages import UploadRequest, encode
+from shared.topology import agent_command_queue
 from tests.central.test_clips import fetch
 from tests.central_fixtures import CentralProcess
 from tests.test_end_to_end import RunningAgent, agent  # noqa: F401  (the agent fixture)
@@ -138,3 +143,59 @@ async def test_clip_of_video_still_on_the_agent(
     for older in rows[:3]:
         assert sent[older["segment_id"]] is None or sent[older["segment_id"]] >= last_wanted
     assert worker.requests == 1  # asked once, however often the worker checked
+
+
+@pytest.mark.timeout(180)
+async def test_commands_the_agent_cannot_apply_are_logged_and_acked(
+    central_api: CentralProcess,
+    agent: RunningAgent,  # noqa: F811
+    central_settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    agent_id = agent.config.agent_id
+    old_ms = int(time.time() * 1000) - 3_600_000
+    camera_id = uuid.UUID(str(agent.ids["camera_id"]))
+    request = UploadRequest(
+        request_id=uuid.uuid4(), agent_id=agent_id, camera_id=camera_id,
+        start_ms=old_ms, end_ms=old_ms + 10_000, reason="nothing recorded then",
+    )  # fmt: skip
+    other = request.model_copy(update={"agent_id": uuid.uuid4(), "request_id": uuid.uuid4()})
+    conn = await aio_pika.connect(central_settings.amqp_url.get_secret_value())
+    async with conn:
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        for body, kind in (
+            (encode(request), "upload_request"),  # for segments the agent does not hold
+            (encode(other), "upload_request"),  # addressed to another agent
+            (b'{"type": "config_hint"}', "config_hint"),  # a type without a handler
+            (b"{not json", "upload_request"),  # unparsable
+        ):
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, type=kind, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=agent_command_queue(agent_id),
+                timeout=10,
+            )
+
+    async def all_said() -> bool:
+        text = caplog.text
+        return all(
+            needle in text
+            for needle in (
+                f"upload request {request.request_id}: no unsent segment",
+                "not this one: ignored",
+                "of unknown type 'config_hint': ignored",
+                "refused: invalid upload_request",
+            )
+        )
+
+    await until(all_said, 60, "the agent to log each command")
+    mgmt = central_settings.rabbitmq_management_url
+    assert mgmt is not None
+    url = f"{mgmt.get_secret_value().rstrip('/')}/api/queues/%2F/{agent_command_queue(agent_id)}"
+
+    async def drained() -> bool:
+        async with httpx.AsyncClient() as http:
+            stats = (await http.get(url)).json()
+        return stats.get("messages") == 0 and stats.get("consumers") == 1
+
+    await until(drained, 30, "the command queue to be empty")  # acked, not stuck or requeued
+    assert not agent.task.done()
