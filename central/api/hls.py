@@ -36,7 +36,8 @@ from central.video import DAY_MS, remux_to_ts
 
 router = APIRouter(tags=["recordings"])
 MAX_RANGE = timedelta(hours=6)
-MAX_SEGMENTS = 3000
+# 6 hours of the shortest segments (2 s) fit; more means overlapping runs: narrow the range.
+MAX_SEGMENTS = 11_000
 # The playlist's media links stay valid this long (a long VOD is watched slowly); each link
 # redirects to a presigned URL valid for MEDIA_URL_TTL_S.
 LINK_TTL_S = 6 * 3600
@@ -116,9 +117,11 @@ async def camera_hls(
     async with r.pool.acquire() as conn:
         if await cameras.get_camera(conn, camera_id, who.city_list()) is None:
             raise HTTPException(404, "camera not found")
-        rows = await segments.list_segments(conn, camera_id, start, end, MAX_SEGMENTS)
+        rows = await segments.list_segments(conn, camera_id, start, end, MAX_SEGMENTS + 1)
     if not rows:
         raise HTTPException(404, "no recorded video in this range")
+    if len(rows) > MAX_SEGMENTS:
+        raise HTTPException(422, f"more than {MAX_SEGMENTS} segments: narrow the range")
     expires = int(time.time()) + LINK_TTL_S
     text = playlist(rows, r.settings.gtvision_secret_key.get_secret_value(), expires)
     return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": "no-store"})
