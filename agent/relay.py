@@ -57,6 +57,9 @@ MAX_WINDOW_MESSAGES = 500
 # Acked rows marked sent per SQLite transaction (one fsync), while publishing goes on.
 MARK_ROWS = 500
 BLOB_ROWS_PER_ROUND = 4
+# Blobs sent at once: a second upload's bytes flow while the first one's grant, publish and
+# mark wait on round trips. The bandwidth cap holds for them together.
+BLOB_CONCURRENCY = 2
 CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg"}
 # Outbox kinds whose payload is the whole wire message (no blob to upload first).
 MESSAGE_ONLY_KINDS = ("plate_read", "loss_event")
@@ -407,18 +410,37 @@ class Relay:
 
     async def _send_blobs(self, limit: int, *, yield_to_messages: bool) -> int:
         """Send up to ``limit`` blob rows, highest priority first (a thumbnail queued meanwhile
-        goes before the rest of the video). Returns how many were acked."""
+        goes before the rest of the video), ``BLOB_CONCURRENCY`` at a time: one object's grant,
+        publish and mark overlap another's bytes. Returns how many were acked."""
         sent = 0
-        for _ in range(limit):
-            if yield_to_messages and not self._messages_idle.is_set():
-                break
-            rows = await self.store.pending_of(BLOB_KINDS, 1)
-            if not rows:
-                break
-            raw = rows[0]
-            row = OutboxRow(raw.id, raw.kind, raw.ref_id, json.loads(raw.payload), raw.attempts)
-            if await self._send_blob_row(await self._blobs_link.exchange(), row):
-                sent += 1
+        started = 0
+        claimed: set[int] = set()  # rows being sent now: the other worker skips them
+
+        async def worker() -> None:
+            nonlocal sent, started
+            while started < limit:
+                if yield_to_messages and not self._messages_idle.is_set():
+                    return
+                rows = await self.store.pending_of(BLOB_KINDS, len(claimed) + 1)
+                raw = next((r for r in rows if r.id not in claimed), None)
+                if raw is None:
+                    return
+                claimed.add(raw.id)
+                started += 1
+                row = OutboxRow(raw.id, raw.kind, raw.ref_id, json.loads(raw.payload), raw.attempts)
+                try:
+                    if await self._send_blob_row(await self._blobs_link.exchange(), row):
+                        sent += 1
+                finally:
+                    claimed.discard(raw.id)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(BLOB_CONCURRENCY):
+                    tg.create_task(worker())
+        except ExceptionGroup as group:
+            # One failure stops the round (the other upload is cancelled and stays pending).
+            raise group.exceptions[0] from None
         return sent
 
     async def _send_blob_row(self, exchange: AbstractExchange, row: OutboxRow) -> bool:
@@ -524,24 +546,26 @@ class Relay:
         # A separate client: the presigned URL is the only credential S3 may see (an extra
         # Authorization header makes the request ambiguous and S3 refuses it). The explicit
         # Content-Length keeps a paced upload one plain PUT (S3 refuses chunked encoding).
-        put = await self._blob_client().put(
-            grant["url"],
-            content=self._paced(data),
-            headers={"Content-Type": CONTENT_TYPES[kind], "Content-Length": str(len(data))},
-        )
+        headers = {"Content-Type": CONTENT_TYPES[kind], "Content-Length": str(len(data))}
+        if self._bucket is None:  # unlimited: the bytes in one go
+            put = await self._blob_client().put(grant["url"], content=data, headers=headers)
+            self.uploaded_bytes += len(data)
+        else:
+            put = await self._blob_client().put(
+                grant["url"], content=self._paced(data, self._bucket), headers=headers
+            )
         if put.status_code != 200:
             raise RelayError(f"object upload failed: HTTP {put.status_code} {put.text[:200]}")
         return BlobRef(
             bucket=grant["bucket"], key=grant["key"], size_bytes=size_bytes, sha256=sha256
         )
 
-    async def _paced(self, data: bytes) -> AsyncIterator[bytes]:
-        """The upload's bytes in chunks, each let through by the bandwidth cap (if any)."""
+    async def _paced(self, data: bytes, bucket: TokenBucket) -> AsyncIterator[bytes]:
+        """The upload's bytes in chunks, each let through by the bandwidth cap."""
         view = memoryview(data)
         for i in range(0, len(data), self._chunk):
             chunk = view[i : i + self._chunk]
-            if self._bucket is not None:
-                await self._bucket.take(len(chunk))
+            await bucket.take(len(chunk))
             yield bytes(chunk)
             self.uploaded_bytes += len(chunk)
 

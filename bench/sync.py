@@ -14,6 +14,7 @@ import os
 import resource
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -611,15 +612,22 @@ async def run_blobs(
     store: Store,
     site: Site,
     s3: Minio,
+    pool: asyncpg.Pool,
     meter: CpuMeter,
     count: int,
     size: int,
     res: Results,
+    pause_ingest: Callable[[bool], None],
 ) -> float:
     """Uploads: ``count`` objects of ``size`` bytes with a bare ``minio`` put loop (one
     single-part PUT after another), then the same files as segments through the relay (upload
-    grant from central's API, presigned PUT, confirmed publish, mark sent; one at a time).
-    Returns agent MB/s over bare MB/s."""
+    grant from central's API, presigned PUT, confirmed publish, mark sent; two at a time, as
+    the relay runs).
+
+    Central's ingest is paused (SIGSTOP) while the relay uploads: its claim-check reads every
+    object back to hash it, which in the field happens on central's machines, not on the
+    agent's; here it would share the same 2 cores. Once resumed, every segment must be
+    verified and stored (``blob_lost`` otherwise). Returns agent MB/s over bare MB/s."""
     folder = config.data_dir / "blobs"
     folder.mkdir(parents=True, exist_ok=True)
     data = os.urandom(size)
@@ -669,21 +677,35 @@ async def run_blobs(
         for i, path in enumerate(paths, start=1):
             await store.add_segment(segment(i, path, size, sha))
         sent = 0
-        cpu0 = meter.snapshot()
-        t0 = time.monotonic()
-        while sent < count:
-            sent += await relay.run_once()
-        agent_s = time.monotonic() - t0
-        cpu1 = meter.snapshot()
+        pause_ingest(True)
+        try:
+            cpu0 = meter.snapshot()
+            t0 = time.monotonic()
+            while sent < count:
+                sent += await relay.run_once()
+            agent_s = time.monotonic() - t0
+            cpu1 = meter.snapshot()
+        finally:
+            pause_ingest(False)
     finally:
         await relay.close()
+    stored = 0
+    async with pool.acquire() as conn:
+        for _ in range(600):
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM segments WHERE camera_id = $1", camera
+            )
+            if stored >= count + 1:
+                break
+            await asyncio.sleep(0.1)
     ratio = bare_s / agent_s
     print(
-        f"blobs, agent relay (grant, PUT, confirmed publish, mark sent): {count} segments in "
-        f"{agent_s:.2f} s: {mb / agent_s:.1f} MB/s = {ratio:.2f} x bare",
+        f"blobs, agent relay (grant, PUT, confirmed publish, mark sent; 2 at a time): "
+        f"{count} segments in {agent_s:.2f} s: {mb / agent_s:.1f} MB/s = {ratio:.2f} x bare",
         flush=True,
     )
     print("  " + _cpu_line(cpu0, cpu1, agent_s, count), flush=True)
+    print(f"  central verified and stored {stored} of {count + 1} segments", flush=True)
     res.cpu["blobs"] = _cpu_delta(cpu0, cpu1)
     res.figures |= {
         "blob_objects": count,
@@ -691,6 +713,7 @@ async def run_blobs(
         "blob_bare_mb_per_s": round(mb / bare_s, 1),
         "blob_agent_mb_per_s": round(mb / agent_s, 1),
         "blob_ratio": round(ratio, 3),
+        "blob_lost": count + 1 - stored,
     }
     return ratio
 
@@ -723,6 +746,7 @@ async def bench(
     meter: CpuMeter,
     ingest_alive: Callable[[], bool],
     api_url: str,
+    pause_ingest: Callable[[bool], None],
 ) -> Results:
     res = Results(args.reads, args.quick)
     s3 = Minio(env["S3_ENDPOINT"], env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"], secure=False)
@@ -772,8 +796,9 @@ async def bench(
         e2e = await run_drain(config, store, site, pool, meter, reads, res)
         lat = await run_online(config, store, site, pool, meter, args.rate, args.seconds, res)
         blob_ratio = await run_blobs(
-            config, store, site, s3, meter, args.blobs, args.blob_mb * 1_000_000, res
-        )
+            config, store, site, s3, pool, meter, args.blobs, args.blob_mb * 1_000_000, res,
+            pause_ingest,
+        )  # fmt: skip
 
         expected = WARMUP_READS + 2 * n + res.figures["relay_messages"]
         counts = await broker_counts(mgmt, expected)
@@ -800,7 +825,7 @@ async def bench(
             "broker_extra_publishes": extra,
             "broker_redelivered": counts["broker_redelivered"],
         }
-        res.figures["lost"] += res.figures["online_lost"]
+        res.figures["lost"] += res.figures["online_lost"] + res.figures["blob_lost"]
     finally:
         await store.close()
         await mgmt.aclose()
@@ -828,12 +853,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--reads", type=int, help="backlog size (default 100000, quick 20000)")
     ap.add_argument("--rate", type=float, default=100.0, help="online write rate, reads/s")
     ap.add_argument("--seconds", type=float, help="online phase length (default 60, quick 15)")
-    ap.add_argument("--blobs", type=int, help="objects uploaded (default 24, quick 12)")
+    ap.add_argument("--blobs", type=int, help="objects uploaded (default 32, quick 16)")
     ap.add_argument("--blob-mb", type=int, help="MB per object (default 16, quick 8)")
     args = ap.parse_args(argv)
     args.reads = args.reads or (20_000 if args.quick else 100_000)
     args.seconds = args.seconds or (15.0 if args.quick else 60.0)
-    args.blobs = args.blobs or (12 if args.quick else 24)
+    args.blobs = args.blobs or (16 if args.quick else 32)
     args.blob_mb = args.blob_mb or (8 if args.quick else 16)
     if args.reads < 1 or args.rate <= 0 or args.seconds <= 0 or args.blobs < 1:
         ap.error("need --reads >= 1, --rate > 0, --seconds > 0, --blobs >= 1")
@@ -893,9 +918,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         )
         try:
+
+            def pause_ingest(pause: bool) -> None:
+                os.kill(ingest.pid, signal.SIGSTOP if pause else signal.SIGCONT)
+
             res = asyncio.run(
-                bench(args, stack, env, state, meter, lambda: ingest.poll() is None, api_url)
-            )
+                bench(
+                    args, stack, env, state, meter, lambda: ingest.poll() is None, api_url,
+                    pause_ingest,
+                )
+            )  # fmt: skip
         except Exception:
             print("ingest log tail:\n" + tail(ingest_log), file=sys.stderr)
             print("api log tail:\n" + tail(api_log), file=sys.stderr)
