@@ -62,7 +62,7 @@ BLOB_ROWS_PER_ROUND = 4
 BLOB_CONCURRENCY = 2
 CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg"}
 # Outbox kinds whose payload is the whole wire message (no blob to upload first).
-MESSAGE_ONLY_KINDS = ("plate_read", "loss_event")
+MESSAGE_ONLY_KINDS = ("watchlist_alert", "plate_read", "loss_event")
 # Outbox kinds with a blob, in the blob lane; the store's priorities order them.
 BLOB_KINDS = ("thumbnail", "segment")
 HEARTBEAT_INTERVAL_S = 10.0

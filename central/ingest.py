@@ -21,7 +21,17 @@ import urllib3
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from minio import Minio
 
-from central import agents, cameras, losses, plates, presence, recordings, segments, storage
+from central import (
+    agents,
+    alerts,
+    cameras,
+    losses,
+    plates,
+    presence,
+    recordings,
+    segments,
+    storage,
+)
 from shared.messages import (
     BlobRef,
     Heartbeat,
@@ -32,10 +42,12 @@ from shared.messages import (
     PlateReadBatch,
     SegmentRecorded,
     ThumbnailTaken,
+    WatchlistAlert,
     decode,
     encode,
 )
 from shared.topology import (
+    ALERTS_QUEUE,
     DEAD_LETTER_EXCHANGE,
     HEARTBEATS_QUEUE,
     LOSSES_QUEUE,
@@ -449,6 +461,35 @@ class LossConsumer(Consumer):
         )  # fmt: skip
 
 
+class AlertConsumer(Consumer):
+    """Consumes ``central.alerts``: watchlist matches the agents raised (offline too), keyed by
+    ``alert_id``. The alert is stored even when its plate read has not arrived yet (reads
+    travel on their own queue): ``read_id`` links them once it does."""
+
+    queue = ALERTS_QUEUE
+    prefetch = 16
+
+    async def process(self, message: AbstractIncomingMessage) -> None:
+        alert, city = self.envelope(message)
+        assert isinstance(alert, WatchlistAlert)
+        await self.check_camera(alert.agent_id, alert.camera_id, city)
+        row = {
+            "id": alert.alert_id, "cidade_id": city, "camera_id": alert.camera_id,
+            "agent_id": alert.agent_id, "read_id": alert.read_id, "plate": alert.plate,
+            "listed_plate": alert.listed_plate, "match": alert.match,
+            "detected_at": segments.ms_to_dt(alert.detected_ms),
+        }  # fmt: skip
+        async with self.pool.acquire() as conn:
+            inserted = await alerts.insert_alerts(conn, [row])
+        self.inserted += inserted
+        self.duplicates += int(not inserted)
+        if inserted:
+            log.warning(
+                "ALERT %s match: plate %s (listed %s) on camera %s of city %s",
+                alert.match, alert.plate, alert.listed_plate, alert.camera_id, city,
+            )  # fmt: skip
+
+
 async def run_ingest(
     amqp_url: str,
     pool: asyncpg.Pool,
@@ -465,6 +506,7 @@ async def run_ingest(
         HeartbeatConsumer(pool, redis),
         ThumbnailConsumer(pool, s3),
         LossConsumer(pool),
+        AlertConsumer(pool),
     ]
     try:
         for consumer in consumers:

@@ -34,7 +34,10 @@ PLATES_QUEUE = ConsumerQueue("central.plates", ("plate_read", "plate_read_batch"
 HEARTBEATS_QUEUE = ConsumerQueue("central.heartbeats", ("heartbeat",), message_ttl_ms=120_000)
 THUMBNAILS_QUEUE = ConsumerQueue("central.thumbnails", ("thumbnail",), message_ttl_ms=600_000)
 LOSSES_QUEUE = ConsumerQueue("central.losses", ("loss_event",))
-CONSUMER_QUEUES = (SEGMENTS_QUEUE, PLATES_QUEUE, HEARTBEATS_QUEUE, THUMBNAILS_QUEUE, LOSSES_QUEUE)
+ALERTS_QUEUE = ConsumerQueue("central.alerts", ("watchlist_alert",))
+CONSUMER_QUEUES = (
+    SEGMENTS_QUEUE, PLATES_QUEUE, HEARTBEATS_QUEUE, THUMBNAILS_QUEUE, LOSSES_QUEUE, ALERTS_QUEUE,
+)  # fmt: skip
 
 
 # A quorum queue, so commands wait safely while the agent is offline for days.

@@ -23,9 +23,11 @@ from shared.messages import (
     PlateRead,
     SegmentRecorded,
     ThumbnailTaken,
+    WatchlistAlert,
     encode,
 )
 from shared.topology import (
+    ALERTS_QUEUE,
     LOSSES_QUEUE,
     PLATES_QUEUE,
     SEGMENTS_QUEUE,
@@ -336,4 +338,42 @@ async def test_loss_event_stored_once_and_foreign_camera_dead_lettered(
     assert int(row["start_time"].timestamp() * 1000) == loss.start_ms
     assert int(row["end_time"].timestamp() * 1000) == loss.end_ms
     assert (row["segments"], row["size_bytes"], row["reason"]) == (3, 912_345, "disk_budget")
+    assert len(letters) == 1 and "not in agent" in str(letters[0]["reason"]), letters
+
+
+async def test_watchlist_alert_stored_once_and_foreign_camera_dead_lettered(
+    central_ingest: asyncio.Event,
+    db_pool: asyncpg.Pool,
+    amqp_url: str,
+    broker_admin: BrokerAdmin,
+) -> None:
+    site = await make_city(db_pool, broker_admin, "Americana")
+    other = await make_city(db_pool, broker_admin, "Sumaré")
+    alert = WatchlistAlert(
+        alert_id=uuid.uuid4(), agent_id=site["agent"], camera_id=site["camera"],
+        read_id=uuid.uuid4(), plate="BRA2E19", listed_plate="BRA2E19", match="exact",
+        confidence=0.93, detected_ms=1_700_000_000_000,
+    )  # fmt: skip
+    key = routing_key("watchlist_alert", site["city"], site["agent"])
+    for _ in range(2):  # at-least-once
+        await publish(amqp_url, site, key, encode(alert))
+    foreign = alert.model_copy(update={"alert_id": uuid.uuid4(), "camera_id": other["camera"]})
+    await publish(amqp_url, site, key, encode(foreign))
+
+    async def rows() -> list[asyncpg.Record]:
+        async with db_pool.acquire() as conn:
+            return list(await conn.fetch("SELECT * FROM alerts"))
+
+    for _ in range(100):
+        if await rows():
+            break
+        await asyncio.sleep(0.1)
+    letters = await dead_letters(amqp_url, expect=1, queue=ALERTS_QUEUE.dead_letter_queue)
+    await asyncio.sleep(0.5)  # a duplicate would have landed by now
+    (row,) = await rows()
+    assert (row["id"], row["cidade_id"], row["camera_id"], row["read_id"]) == (
+        alert.alert_id, site["city"], site["camera"], alert.read_id,
+    )  # fmt: skip
+    assert (row["plate"], row["listed_plate"], row["match"]) == ("BRA2E19", "BRA2E19", "exact")
+    assert int(row["detected_at"].timestamp() * 1000) == alert.detected_ms
     assert len(letters) == 1 and "not in agent" in str(letters[0]["reason"]), letters
