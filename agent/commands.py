@@ -20,8 +20,8 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from agent.config import AgentConfig
-from agent.store import Store
-from shared.messages import Message, MessageRejected, UploadRequest, decode
+from agent.store import Store, WatchEntry
+from shared.messages import Message, MessageRejected, UploadRequest, WatchlistUpdate, decode
 from shared.topology import agent_command_queue
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ Handler = Callable[[Message], Awaitable[None]]
 AMQP_HEARTBEAT_S = 5
 PREFETCH = 8
 MAX_BACKOFF_S = 60.0
+WATCHLIST_VERSION_KEY = "watchlist_version"  # the store's meta row: the version held
 
 
 def _body_type(body: bytes) -> str | None:
@@ -50,7 +51,10 @@ class CommandConsumer:
     def __init__(self, config: AgentConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        self.handlers: dict[str, Handler] = {"upload_request": self.upload_request}
+        self.handlers: dict[str, Handler] = {
+            "upload_request": self.upload_request,
+            "watchlist_update": self.watchlist_update,
+        }
         self.handled = 0
         self.connected = False
         self.last_error: str | None = None
@@ -122,6 +126,23 @@ class CommandConsumer:
             return
         self.handled += 1
         await message.ack()
+
+    async def watchlist_update(self, command: Message) -> None:
+        """Replace the local watchlist with the city's lists, unless this version is not newer
+        than the one held (a resend, or an update overtaken by a later one)."""
+        assert isinstance(command, WatchlistUpdate)
+        held = int(await self.store.get_meta(WATCHLIST_VERSION_KEY) or -1)
+        if command.version <= held:
+            log.info(
+                "watchlist update %s: version %d is not newer than %d; ignored",
+                command.update_id, command.version, held,
+            )  # fmt: skip
+            return
+        entries = [WatchEntry(p.plate, p.watchlist_id, p.reason) for p in command.plates]
+        count = await self.store.replace_watchlist(entries)
+        # After the lists: a crash in between applies the same version again, harmlessly.
+        await self.store.set_meta(WATCHLIST_VERSION_KEY, str(command.version))
+        log.info("watchlist version %d loaded: %d plate(s)", command.version, count)
 
     async def upload_request(self, command: Message) -> None:
         """Send the requested segments next (docs/design/clips.md, upload on demand)."""

@@ -94,20 +94,24 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from central import retention
-    from central.clipworker import ClipWorker
+    from central import retention, watchlists
+    from central.clipworker import ClipWorker, CommandPublisher
 
     async def work(settings: Settings, pool: asyncpg.Pool, s3: Minio, stop: asyncio.Event) -> None:
         amqp = settings.amqp_url.get_secret_value()
-        sweeper = None
+        commands = CommandPublisher(amqp)
+        tasks = [asyncio.create_task(watchlists.run_pusher(pool, commands, stop))]
         if args.retention_interval_s > 0:
-            sweeper = asyncio.create_task(retention.run(pool, s3, stop, args.retention_interval_s))
+            tasks.append(
+                asyncio.create_task(retention.run(pool, s3, stop, args.retention_interval_s))
+            )
         try:
             await ClipWorker(pool, s3, amqp, upload_wait_s=args.upload_wait_s).run(stop)
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
-                await asyncio.gather(sweeper, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await commands.close()
 
     _serve(work)
     return 0
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ingest", help="consume agent messages from RabbitMQ")
     p.set_defaults(fn=_cmd_ingest)
     p = sub.add_parser(
-        "worker", help="make requested clips; keep recordings current; enforce retention"
+        "worker",
+        help="make requested clips; keep recordings current; push watchlists; enforce retention",
     )
     p.add_argument(
         "--upload-wait-s", type=float, default=300.0,

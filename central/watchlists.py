@@ -7,14 +7,21 @@ older one on the agent, and a redelivered old one is ignored.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
 
+from shared.messages import MAX_WATCHLIST_PLATES, WatchlistPlate, WatchlistUpdate
+
+log = logging.getLogger(__name__)
+
 # An agent matches against every plate of its city: the whole set travels in one command.
-MAX_CITY_PLATES = 50_000
+MAX_CITY_PLATES = MAX_WATCHLIST_PLATES
 
 SELECT_LIST = (
     "SELECT w.id, w.cidade_id, w.name, w.created_at, w.created_by,"
@@ -99,7 +106,7 @@ async def put_entry(
 ) -> bool:
     """Add a canonical plate (or update its reason). True if it was new.
 
-    ValueError when the city would exceed :data:`MAX_CITY_PLATES`."""
+    ValueError when the city's lists would hold more than :data:`MAX_CITY_PLATES` entries."""
     async with conn.transaction():
         # Serialise a city's changes: the count check and the version bump stay consistent.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", str(city_id))
@@ -110,7 +117,7 @@ async def put_entry(
             watchlist_id, plate, reason,
         )  # fmt: skip
         if new and await _city_plate_count(conn, city_id) > MAX_CITY_PLATES:
-            raise ValueError(f"a city's watchlists hold at most {MAX_CITY_PLATES} plates")
+            raise ValueError(f"a city's watchlists hold at most {MAX_CITY_PLATES} plates in all")
         await _bump(conn, city_id)
     return new
 
@@ -130,7 +137,7 @@ async def remove_entry(
 
 async def _city_plate_count(conn: asyncpg.Connection, city_id: UUID) -> int:
     count: int = await conn.fetchval(
-        "SELECT count(DISTINCT e.plate) FROM watchlist_entries e"
+        "SELECT count(*) FROM watchlist_entries e"
         " JOIN watchlists w ON w.id = e.watchlist_id WHERE w.cidade_id = $1",
         city_id,
     )
@@ -149,3 +156,95 @@ async def city_plates(conn: asyncpg.Connection, city_id: UUID) -> tuple[int, lis
             city_id,
         )
     return int(version or 0), [r["plate"] for r in rows]
+
+
+async def city_entries(conn: asyncpg.Connection, city_id: UUID) -> tuple[int, list[dict[str, Any]]]:
+    """What the city's agents should hold: (version, every entry with its list and reason)."""
+    async with conn.transaction(isolation="repeatable_read"):
+        version = await conn.fetchval(
+            "SELECT version FROM watchlist_versions WHERE cidade_id = $1", city_id
+        )
+        rows = await conn.fetch(
+            "SELECT e.plate, e.watchlist_id, e.reason FROM watchlist_entries e"
+            " JOIN watchlists w ON w.id = e.watchlist_id WHERE w.cidade_id = $1"
+            " ORDER BY e.plate, e.watchlist_id",
+            city_id,
+        )
+    return int(version or 0), [dict(r) for r in rows]
+
+
+# --- delivery to agents (the worker's pusher) ------------------------------------------------
+
+
+async def agents_behind(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Active agents whose city's watchlist version is newer than the one they were sent."""
+    rows = await conn.fetch(
+        "SELECT a.id AS agent_id, a.cidade_id, v.version FROM agents a"
+        " JOIN watchlist_versions v ON v.cidade_id = a.cidade_id"
+        " LEFT JOIN agent_watchlists s ON s.agent_id = a.id"
+        " WHERE a.is_active AND a.revoked_at IS NULL"
+        " AND (s.version IS NULL OR s.version < v.version)"
+        " ORDER BY a.cidade_id, a.id"
+    )
+    return [dict(r) for r in rows]
+
+
+async def mark_sent(conn: asyncpg.Connection, agent_id: UUID, version: int) -> None:
+    await conn.execute(
+        "INSERT INTO agent_watchlists (agent_id, version) VALUES ($1, $2)"
+        " ON CONFLICT (agent_id) DO UPDATE SET version = greatest(agent_watchlists.version,"
+        " EXCLUDED.version), sent_at = now()",
+        agent_id, version,
+    )  # fmt: skip
+
+
+def update_id(city_id: UUID, version: int) -> UUID:
+    """The same (city, version) always gives the same id: a resend is recognisable."""
+    return uuid.uuid5(city_id, f"watchlist-{version}")
+
+
+class Publisher(Protocol):
+    async def publish(self, command: WatchlistUpdate) -> None: ...
+
+
+async def push_due(pool: asyncpg.Pool, publisher: Publisher) -> int:
+    """Send every agent that is behind its city's current lists; returns updates sent.
+
+    Publish (confirmed) first, record second: a crash in between sends the same version
+    again, which the agent ignores (it applies only newer versions)."""
+    async with pool.acquire() as conn:
+        due = await agents_behind(conn)
+    sent = 0
+    by_city: dict[UUID, tuple[int, list[dict[str, Any]]]] = {}
+    for row in due:
+        city = row["cidade_id"]
+        if city not in by_city:
+            async with pool.acquire() as conn:
+                by_city[city] = await city_entries(conn, city)
+        version, entries = by_city[city]
+        command = WatchlistUpdate(
+            update_id=update_id(city, version), agent_id=row["agent_id"], city_id=city,
+            version=version, plates=[WatchlistPlate(**e) for e in entries],
+        )  # fmt: skip
+        await publisher.publish(command)
+        async with pool.acquire() as conn:
+            await mark_sent(conn, row["agent_id"], version)
+        sent += 1
+        log.info(
+            "watchlists: version %d (%d plates) sent to agent %s",
+            version, len(entries), row["agent_id"],
+        )  # fmt: skip
+    return sent
+
+
+async def run_pusher(
+    pool: asyncpg.Pool, publisher: Publisher, stop: asyncio.Event, interval_s: float = 5.0
+) -> None:
+    """Push changed lists every ``interval_s`` until ``stop``; failures are retried."""
+    while not stop.is_set():
+        try:
+            await push_due(pool, publisher)
+        except Exception as exc:  # broker or database away: the next round retries
+            log.warning("watchlists: push failed (%r); retrying in %.0f s", exc, interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)

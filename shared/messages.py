@@ -17,6 +17,10 @@ MAX_MESSAGE_BYTES = 64 * 1024
 # most reads a batch may carry fit well within the bytes allowed.
 MAX_BATCH_READS = 200
 MAX_BATCH_BYTES = 256 * 1024
+# A watchlist update carries a city's whole list (at most MAX_WATCHLIST_PLATES plates).
+MAX_WATCHLIST_PLATES = 50_000
+MAX_WATCHLIST_BYTES = 8 * 1024 * 1024
+BODY_LIMITS = {"plate_read_batch": MAX_BATCH_BYTES, "watchlist_update": MAX_WATCHLIST_BYTES}
 
 SHA256_HEX = r"^[0-9a-f]{64}$"
 # Object keys are built by central from ids; the pattern keeps path tricks ("..", "//") out.
@@ -222,6 +226,34 @@ class UploadRequest(WireModel):
         return self
 
 
+class WatchlistPlate(WireModel):
+    """One plate of a city's watchlists, as an agent matches it."""
+
+    plate: str = Field(pattern=PLATE_RE.pattern, description="Canonical plate.")
+    watchlist_id: UUID = Field(description="The list it is on (named in alerts).")
+    reason: str = Field(default="", max_length=200, description="Why it is listed.")
+
+
+class WatchlistUpdate(WireModel):
+    """Central → agent command: the agent's city's watchlists as they are now, whole.
+
+    A replacement, not a diff, so a lost or reordered update cannot leave a wrong list: the
+    agent applies an update only if its ``version`` is newer than the one it holds (central
+    bumps the city's version with every change). Idempotency key: ``update_id``.
+    """
+
+    type: Literal["watchlist_update"] = "watchlist_update"
+    schema_version: Literal[1] = 1
+    update_id: UUID = Field(description="Made by central from the city and version.")
+    agent_id: UUID = Field(description="The agent addressed: the owner of the command queue.")
+    city_id: UUID = Field(description="The agent's city, whose lists these are.")
+    version: int = Field(ge=0, le=2**53, description="The city's watchlist version.")
+    plates: list[WatchlistPlate] = Field(
+        max_length=MAX_WATCHLIST_PLATES,
+        description="Every listed plate (a plate on two lists appears twice).",
+    )
+
+
 class WatchlistAlert(WireModel):
     """A plate read on one of the agent's cameras matched a plate of a local watchlist: exactly,
     or within one character (``possible``, e.g. a misread glyph). Raised on the agent, so it
@@ -256,6 +288,7 @@ Message = (
     | ThumbnailTaken
     | LossEvent
     | UploadRequest
+    | WatchlistUpdate
     | WatchlistAlert
 )
 
@@ -267,6 +300,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     "thumbnail": ThumbnailTaken,
     "loss_event": LossEvent,
     "upload_request": UploadRequest,
+    "watchlist_update": WatchlistUpdate,
     "watchlist_alert": WatchlistAlert,
 }
 
@@ -281,7 +315,7 @@ class MessageRejected(ValueError):
 
 def decode(body: bytes, expected_type: str) -> Message:
     """Parse and validate one message body; raises MessageRejected with a one-line reason."""
-    limit = MAX_BATCH_BYTES if expected_type == "plate_read_batch" else MAX_MESSAGE_BYTES
+    limit = BODY_LIMITS.get(expected_type, MAX_MESSAGE_BYTES)
     if len(body) > limit:
         raise MessageRejected(f"body too large: {len(body)} > {limit} bytes")
     model = MESSAGE_TYPES.get(expected_type)
