@@ -22,9 +22,10 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import cv2
 import numpy as np
@@ -204,6 +205,22 @@ def write_crop(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _start_thread(
+    target: Callable[..., None], args: tuple[Any, ...], name: str, loop: asyncio.AbstractEventLoop
+) -> asyncio.Event:
+    """Run ``target`` on a new thread; the returned event is set (on ``loop``) when it ends."""
+    ended = asyncio.Event()
+
+    def body() -> None:
+        try:
+            target(*args)
+        finally:
+            loop.call_soon_threadsafe(ended.set)
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    return ended
+
+
 class LprCamera:
     """Plate recognition on one camera until cancelled."""
 
@@ -227,6 +244,7 @@ class LprCamera:
         self.state = "starting"  # starting, running, error, stopped
         self.last_error: str | None = None
         self.frames_read = 0
+        self.frame_errors = 0
         self.reads = 0
         self.alerts = 0
         self.frame_ms = 0.0  # last frame's reading time
@@ -241,6 +259,7 @@ class LprCamera:
             "frames_in": self.queue.put_count,
             "frames_read": self.frames_read,
             "frames_dropped": self.queue.dropped,
+            "frame_errors": self.frame_errors,
             "reads": self.reads,
             "alerts": self.alerts,
             "last_frame_ms": round(self.frame_ms, 1),
@@ -264,20 +283,16 @@ class LprCamera:
         self.queue = FrameQueue(cfg.queue_frames)
         loop = asyncio.get_running_loop()
         stop = threading.Event()
-        capture = threading.Thread(
-            target=self.source.run, args=(self.queue, stop), name=f"lpr-capture:{self.key}"
+        capture = _start_thread(
+            self.source.run, (self.queue, stop), f"lpr-capture:{self.key}", loop
         )
-        work = threading.Thread(
-            target=self._work,
-            args=(reader, tracker, stop, loop),
-            name=f"lpr-read:{self.key}",
+        work = _start_thread(
+            self._work, (reader, tracker, stop, loop), f"lpr-read:{self.key}", loop
         )
-        capture.start()
-        work.start()
         self.state = "running"
         log.info("lpr camera=%s: reading plates at %g fps", self.key, cfg.fps)
         try:
-            await asyncio.to_thread(work.join)
+            await asyncio.Event().wait()  # until cancelled; no executor thread is held
         finally:
             stop.set()
             self.source.kill()
@@ -285,10 +300,10 @@ class LprCamera:
             await asyncio.shield(self._shutdown(capture, work, tracker))
 
     async def _shutdown(
-        self, capture: threading.Thread, work: threading.Thread, tracker: PlateTracker
+        self, capture: asyncio.Event, work: asyncio.Event, tracker: PlateTracker
     ) -> None:
-        await asyncio.to_thread(capture.join)
-        await asyncio.to_thread(work.join)
+        await capture.wait()
+        await work.wait()
         await self._persist(tracker.flush())  # passages still open end with the camera
         for fut in list(self._pending):
             with contextlib.suppress(Exception):
@@ -311,7 +326,13 @@ class LprCamera:
             else:
                 ts_ms, frame = item
                 started = time.perf_counter()
-                result = reader.read(frame)
+                try:
+                    result = reader.read(frame)
+                except Exception as exc:  # one bad frame must not end the camera's LPR
+                    self.frame_errors += 1
+                    self.last_error = f"reading a frame failed: {type(exc).__name__}: {exc}"
+                    log.exception("lpr camera=%s: reading a frame failed", self.key)
+                    continue
                 done = tracker.update(ts_ms, result.reads, functools.partial(evidence, frame))
                 self.frame_ms = (time.perf_counter() - started) * 1000
                 self.frames_read += 1

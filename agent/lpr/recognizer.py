@@ -168,7 +168,14 @@ def _text_continues(grey: Array, glyphs: tuple[int, int, int, int], level: float
 
 def _level(image: Array, centre: tuple[float, float], angle: float, size: tuple[int, int]) -> Array:
     """The ``size`` (w, h) patch of ``image`` centred on ``centre``, rotated by ``angle``
-    degrees so that a line at that angle becomes horizontal."""
+    degrees so that a line at that angle becomes horizontal (a plain slice when level and
+    inside the image)."""
+    x0, y0 = round(centre[0] - size[0] / 2), round(centre[1] - size[1] / 2)
+    inside = (
+        x0 >= 0 and y0 >= 0 and x0 + size[0] <= image.shape[1] and y0 + size[1] <= image.shape[0]
+    )
+    if abs(angle) <= 1.0 and inside:
+        return image[y0 : y0 + size[1], x0 : x0 + size[0]]
     m = cv2.getRotationMatrix2D(centre, angle, 1.0)
     m[0, 2] += size[0] / 2 - centre[0]
     m[1, 2] += size[1] / 2 - centre[1]
@@ -222,6 +229,14 @@ def find_candidates(frame: Image, limit: int) -> list[LineCandidate]:
             continue
         angle = math.degrees(0.5 * math.atan2(2 * mu["mu11"], mu["mu20"] - mu["mu02"]))
         if abs(angle) > MAX_TILT_DEG:
+            continue
+        # Cheap shape checks first (most blobs end here): the blob's own rotated box must be
+        # long and high enough for a glyph line, and the blob must fill a fair part of it.
+        (_, _), (rw, rh), _ = cv2.minAreaRect(contour)
+        long_side, short_side = max(rw, rh), min(rw, rh)
+        if short_side < 0.8 * MIN_GLYPH_HEIGHT or long_side < PLATE_ASPECT[0] * short_side:
+            continue
+        if mu["m00"] < 0.3 * long_side * short_side:
             continue
         centre = (mu["m10"] / mu["m00"], mu["m01"] / mu["m00"])
         # a patch wide enough for the levelled line, tall enough for the band above it
