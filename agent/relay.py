@@ -16,7 +16,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import aio_pika
 import httpx
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
+from agent.clock import read_clock_state
 from agent.config import AgentConfig
 from agent.store import OutboxRow, RawOutboxRow, Store
 from shared.messages import (
@@ -146,12 +147,15 @@ class Relay:
         store: Store,
         *,
         plate_reads_per_message: int = PLATE_READS_PER_MESSAGE,
+        health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         if not 1 <= plate_reads_per_message <= MAX_BATCH_READS:
             raise ValueError(f"plate_reads_per_message must be 1..{MAX_BATCH_READS}")
         self.config = config
         self.store = store
         self.reads_per_message = plate_reads_per_message
+        # Heartbeat fields the agent's supervisor knows (cameras, disk): see _heartbeat.
+        self.health = health
         self.window = min(MAX_WINDOW_MESSAGES, max(4, WINDOW_READS // plate_reads_per_message))
         url = config.central.amqp_url.get_secret_value()
         self._messages_link = _Link(url)
@@ -384,6 +388,7 @@ class Relay:
         if loop.time() - self._last_heartbeat < HEARTBEAT_INTERVAL_S:
             return
         backlog = await self.store.backlog()
+        clock = read_clock_state()
         hb = Heartbeat(
             heartbeat_id=uuid.uuid4(),
             agent_id=self.config.agent_id,
@@ -392,6 +397,9 @@ class Relay:
             outbox_pending=backlog["pending"],
             oldest_pending_age_ms=backlog["oldest_pending_age_ms"],
             pending_blob_bytes=backlog["pending_blob_bytes"],
+            clock_sync=clock.sync,
+            clock_error_ms=clock.error_ms,
+            **self._health(),
         )
         exchange = await self._messages_link.exchange()
         await exchange.publish(
@@ -582,6 +590,16 @@ class Relay:
                 timeout=30.0,
             )
         return self._http
+
+    def _health(self) -> dict[str, Any]:
+        """The supervisor's cameras and disk for a heartbeat; nothing if it cannot say."""
+        if self.health is None:
+            return {}
+        try:
+            return self.health()
+        except Exception:  # a heartbeat without them beats no heartbeat
+            log.exception("heartbeat: health report failed")
+            return {}
 
     async def close(self) -> None:
         await self._messages_link.drop()

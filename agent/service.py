@@ -113,7 +113,7 @@ class Agent:
         self.config_path = config_path
         self.store = Store(config.data_dir / "agent.sqlite3", config.agent_id)
         self.spool = config.data_dir / "segments"
-        self.relay = Relay(config, self.store)
+        self.relay = Relay(config, self.store, health=self.heartbeat_health)
         self.commands = CommandConsumer(config, self.store)
         self.evictor = Evictor(self.store, self.spool, self._budget)
         self.lpr = LprService(config, self.store)
@@ -326,6 +326,24 @@ class Agent:
             },
             "storage": self.storage_status(),
         }
+
+    def heartbeat_health(self) -> dict[str, Any]:
+        """Cameras and disk for the relay's heartbeats (shared/messages.py ``Heartbeat``)."""
+        by_key = {c["key"]: c for c in self.camera_status()}
+        cameras = [
+            {
+                "camera_id": camera.id,
+                "status": by_key[key]["status"],
+                "reason": str(by_key[key]["reason"] or "")[:200],
+            }
+            for key, camera in self.config.cameras.items()
+        ]
+        check = self.evictor.last_check
+        disk = None
+        if check is not None:
+            keys = ("used_bytes", "free_bytes", "capacity_bytes", "retention_days")
+            disk = {k: check[k] for k in keys}
+        return {"cameras": cameras, "disk": disk}
 
     def storage_status(self) -> dict[str, Any]:
         """The disk budget as configured and the evictor's last measurement of it."""

@@ -43,7 +43,10 @@ async def camera_city_for_agent(
     return city
 
 
-CAMERA_COLUMNS = "id, cidade_id, nome, url_rtsp, localizacao, status, agent_id, created_at"
+CAMERA_COLUMNS = (
+    "id, cidade_id, nome, url_rtsp, localizacao, status, status_reason, status_at, agent_id,"
+    " created_at"
+)
 
 
 async def list_cameras(

@@ -29,19 +29,34 @@ def _key(agent_id: UUID) -> str:
 
 
 async def record_heartbeat(
-    conn: asyncpg.Connection, redis: aioredis.Redis | None, hb: Heartbeat
+    conn: asyncpg.Connection,
+    redis: aioredis.Redis | None,
+    hb: Heartbeat,
+    now: datetime | None = None,
 ) -> bool:
     """Keep the newest heartbeat (by ``sent_ms``); stale or duplicate ones change nothing.
+    The newest also sets the statuses of the agent's cameras: its own, or its city's that no
+    agent owns yet; never another agent's.
 
     Returns whether this heartbeat was the newest. Redis failures are logged, not raised.
     """
-    sent = datetime.fromtimestamp(hb.sent_ms / 1000, tz=UTC)
-    body = hb.model_dump(mode="json")
+    # Presence runs on central's clock: an agent's clock may be off by hours (no NTP), which
+    # would make it look online long after it died, or never. Its own sent_ms only orders its
+    # heartbeats, and the difference is the clock offset central reports (plus transit time).
+    received = now or datetime.now(UTC)
+    body = hb.model_dump(mode="json") | {"received_ms": int(received.timestamp() * 1000)}
     newest = await conn.fetchval(
-        "UPDATE agents SET last_seen_at = $2, last_heartbeat = $3"
-        " WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < $2) RETURNING TRUE",
-        hb.agent_id, sent, body,
+        "UPDATE agents SET last_seen_at = $2, last_heartbeat = $3 WHERE id = $1"
+        " AND coalesce((last_heartbeat->>'sent_ms')::bigint, -1) < $4 RETURNING TRUE",
+        hb.agent_id, received, body, hb.sent_ms,
     )  # fmt: skip
+    if newest and hb.cameras:
+        await conn.executemany(
+            "UPDATE cameras SET status = $3, status_reason = $4, status_at = $5"
+            " WHERE id = $1 AND (agent_id = $2 OR (agent_id IS NULL AND cidade_id ="
+            " (SELECT cidade_id FROM agents WHERE id = $2)))",
+            [(c.camera_id, hb.agent_id, c.status, c.reason, received) for c in hb.cameras],
+        )
     if newest and redis is not None:
         try:
             await redis.set(_key(hb.agent_id), json.dumps(body), ex=ONLINE_WINDOW_S)
@@ -90,6 +105,19 @@ async def agents_health(
                 "outbox_pending": (heartbeat or {}).get("outbox_pending", {}),
                 "oldest_pending_age_ms": (heartbeat or {}).get("oldest_pending_age_ms"),
                 "agent_version": (heartbeat or {}).get("agent_version"),
+                "pending_blob_bytes": (heartbeat or {}).get("pending_blob_bytes"),
+                "clock_sync": (heartbeat or {}).get("clock_sync", "unknown"),
+                "clock_error_ms": (heartbeat or {}).get("clock_error_ms"),
+                "clock_offset_ms": _offset(heartbeat),
+                "disk": (heartbeat or {}).get("disk"),
+                "cameras": (heartbeat or {}).get("cameras", []),
             }
         )
     return out
+
+
+def _offset(heartbeat: dict[str, Any] | None) -> int | None:
+    """Agent clock minus central clock as one heartbeat shows it (transit time included)."""
+    if not heartbeat or "received_ms" not in heartbeat:
+        return None
+    return int(heartbeat["sent_ms"]) - int(heartbeat["received_ms"])

@@ -148,6 +148,29 @@ class ThumbnailTaken(WireModel):
     blob: BlobRef = Field(description="The JPEG in the `thumbnails` bucket.")
 
 
+class CameraHealth(WireModel):
+    """One camera's recorder as the agent sees it (part of a heartbeat)."""
+
+    camera_id: UUID
+    status: Literal["online", "offline", "error", "disabled"]
+    reason: str = Field(default="", max_length=200, description="Human reason, no credentials.")
+
+
+class DiskHealth(WireModel):
+    """The agent's video spool against its disk budget, at its last check."""
+
+    used_bytes: int = Field(ge=0, le=2**53)
+    free_bytes: int = Field(ge=0, le=2**53, description="Free space on the spool's filesystem.")
+    capacity_bytes: int = Field(ge=0, le=2**53, description="What the budget lets it hold.")
+    retention_days: float | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="Days of video that capacity holds at the "
+        "measured recording rate (None until measured).",
+    )
+
+
 class Heartbeat(WireModel):
     """The agent's periodic health report, sent while connected (not through the outbox).
 
@@ -169,6 +192,16 @@ class Heartbeat(WireModel):
     pending_blob_bytes: int | None = Field(
         None, ge=0, le=2**53, description="Bytes of video and images not yet uploaded."
     )
+    clock_sync: Literal["synced", "unsynced", "unknown"] = Field(
+        default="unknown", description="Is the agent's clock disciplined by NTP (kernel's view)?"
+    )
+    clock_error_ms: int | None = Field(
+        default=None, ge=0, le=10**9, description="The kernel's maximum clock error bound."
+    )
+    cameras: list[CameraHealth] = Field(
+        default_factory=list, max_length=256, description="Each configured camera's recorder."
+    )
+    disk: DiskHealth | None = Field(default=None, description="Spool usage against the budget.")
 
 
 LossReason = Literal["disk_budget", "file_missing", "corrupt"]

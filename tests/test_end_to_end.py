@@ -191,6 +191,19 @@ async def test_camera_video_reaches_central(
             break
         await asyncio.sleep(0.5)
     assert health["online"] and health["agent_version"], health
+    # Its heartbeat carries the clock's state, the disk budget and each camera's recorder,
+    # which sets the camera's status at central.
+    assert health["clock_sync"] == read_clock_state().sync and health["clock_offset_ms"] is not None
+    for _ in range(40):
+        resp = await central_api.http.get(f"/api/cameras/{ids['camera_id']}", headers=agent.headers)
+        if resp.json()["status"] == "online":
+            break
+        await asyncio.sleep(0.5)
+    assert resp.json()["status"] == "online" and resp.json()["status_at"], resp.json()
+    resp = await central_api.http.get("/api/agents", headers=agent.headers)
+    health = {a["id"]: a for a in resp.json()}[ids["agent_id"]]
+    assert [c["camera_id"] for c in health["cameras"]] == [str(ids["camera_id"])], health
+    assert health["disk"] is None or health["disk"]["used_bytes"] >= 0, health
 
 
 @pytest.mark.timeout(240)

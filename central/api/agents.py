@@ -17,7 +17,7 @@ from central.api.fields import Text
 from central.api.resources import NOT_FOUND, Res
 from central.broker import BrokerAdminError
 from central.users import Principal
-from shared.messages import SHA256_HEX
+from shared.messages import SHA256_HEX, CameraHealth, DiskHealth
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["agents"])
@@ -55,6 +55,14 @@ class AgentHealth(BaseModel):
     outbox_pending: dict[str, int] = Field(description="Unsent rows per kind, last reported.")
     oldest_pending_age_ms: int | None
     agent_version: str | None
+    pending_blob_bytes: int | None = Field(description="Video and images not yet uploaded.")
+    clock_sync: str = Field(description="`synced` (NTP), `unsynced` or `unknown`.")
+    clock_error_ms: int | None = Field(description="The agent kernel's clock error bound.")
+    clock_offset_ms: int | None = Field(
+        description="Agent clock minus central's at the last heartbeat (plus transit time)."
+    )
+    disk: DiskHealth | None = Field(description="Spool usage against the disk budget.")
+    cameras: list[CameraHealth] = Field(description="Each camera's recorder, last reported.")
 
 
 class UploadRequest(BaseModel):

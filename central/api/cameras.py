@@ -66,7 +66,12 @@ class CameraPatch(BaseModel):
 
 class CameraOut(CameraIn):
     id: UUID
-    status: str | None
+    status: str | None = Field(
+        description="As its agent last reported: online, offline, error or disabled (seed "
+        "default INATIVA until then)."
+    )
+    status_reason: str | None = Field(None, description="Why, in words (no credentials).")
+    status_at: datetime | None = Field(None, description="When the agent last reported it.")
     created_at: datetime | None
 
 
