@@ -2,9 +2,10 @@
 and objects together.
 
 One pass walks every city and removes what ended before ``now - plan``: video segments (rows
-in ``segments``, objects in ``recordings``), plate reads (``lpr_events`` and their crops in
-``lpr-images``), loss events, alerts and recordings (runs) left without segments. Clips are
-exports kept on purpose: they are never touched here (see docs/design/schema.md, design 4).
+in ``segments``, objects in ``recordings`` with their HLS renditions), plate reads
+(``lpr_events`` and their crops in ``lpr-images``), loss events, alerts and recordings (runs)
+left without segments. Clips are exports kept on purpose: they are never touched here (see
+docs/design/schema.md, design 4).
 
 Order, per batch: delete the objects first, then the rows in one transaction. A crash between
 the two leaves rows whose objects are gone, but only for footage already past its retention,
@@ -29,6 +30,8 @@ import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
+
+from central import storage
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,10 @@ async def _sweep_segments(
                 )  # fmt: skip
                 if not rows:
                     break
-                objects = [(r["bucket"], r["object_key"]) for r in rows]
+                # The segment and its HLS rendition, if it was ever played (else: missing, fine).
+                objects = [(r["bucket"], r["object_key"]) for r in rows] + [
+                    (r["bucket"], storage.hls_key(r["object_key"])) for r in rows
+                ]
                 report.objects += await asyncio.to_thread(delete_objects, s3, objects)
                 await conn.execute(
                     "DELETE FROM segments WHERE id = ANY($1::uuid[])", [r["id"] for r in rows]

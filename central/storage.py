@@ -53,6 +53,11 @@ def thumbnail_key(city_id: UUID, camera_id: UUID, thumbnail_id: UUID) -> str:
     return f"{city_id}/{camera_id}/{thumbnail_id}.jpg"
 
 
+def hls_key(object_key: str) -> str:
+    """Where a segment's MPEG-TS rendition (made on first HLS play) is kept, in its bucket."""
+    return f"hls/{object_key.removesuffix('.mp4')}.ts"
+
+
 # Which bucket and key an agent's upload of each kind goes to.
 UPLOAD_KINDS = {
     "segment": ("recordings", segment_key),

@@ -46,9 +46,7 @@ GAP_TOLERANCE_MS = 500
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 
 
-def hls_key(object_key: str) -> str:
-    """Where a segment's MPEG-TS rendition is kept, in the segment's bucket."""
-    return f"hls/{object_key.removesuffix('.mp4')}.ts"
+hls_key = storage.hls_key  # where a segment's MPEG-TS rendition is kept
 
 
 def sign(secret: str, segment_id: UUID, expires: int) -> str:

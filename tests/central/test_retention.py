@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from minio import Minio
 
-from central import retention
+from central import retention, storage
 from devstack.procs import free_port
 from tests.central.test_api_scoping import world
 
@@ -72,6 +72,7 @@ async def test_each_city_keeps_its_plan_rows_and_objects_together(
     old, recent = timedelta(days=20), timedelta(days=1)
     async with db_pool.acquire() as conn:
         gone_a = await add_segment(conn, s3_client, w["cam_a"], old)
+        put(s3_client, "recordings", storage.hls_key(gone_a))  # it was played over HLS once
         kept_a = await add_segment(conn, s3_client, w["cam_a"], recent)
         kept_b = await add_segment(conn, s3_client, w["cam_b"], old)
         crop_gone = await add_read(conn, s3_client, w["cam_a"], w["a"], old)
@@ -106,6 +107,7 @@ async def test_each_city_keeps_its_plan_rows_and_objects_together(
     assert report.recordings == 1
     assert report.cities == [w["a"]]
     assert not exists(s3_client, "recordings", gone_a)
+    assert not exists(s3_client, "recordings", storage.hls_key(gone_a)), "its rendition too"
     assert not exists(s3_client, "lpr-images", crop_gone)
     for bucket, key in (("recordings", kept_a), ("recordings", kept_b), ("lpr-images", crop_kept)):
         assert exists(s3_client, bucket, key), f"{bucket}/{key} is within its city's plan"
