@@ -11,7 +11,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from central import audit, cameras, cities, segments, storage
+from central import audit, cameras, cities, recordings, segments, storage
 from central.api.auth import requires
 from central.api.fields import Text
 from central.api.resources import NOT_FOUND, Res
@@ -246,6 +246,58 @@ async def delete_camera(
             )
         await cameras.delete_camera(conn, camera_id)
         await audit.record(conn, who.user_id, "camera.delete", {"camera": str(camera_id)})
+
+
+class StreamOut(BaseModel):
+    id: UUID
+    camera_id: UUID
+    source_url: str = Field(description="Without credentials.")
+    status: str | None
+    started_at: datetime | None
+    stopped_at: datetime | None
+
+
+class RecordingOut(BaseModel):
+    """One run of the camera (an RTSP session of its agent): continuous footage."""
+
+    id: UUID = Field(description="The run's id.")
+    stream_id: UUID
+    retention_days: int
+    status: str | None = Field(description="RECORDING (the newest, recent run) or STOPPED.")
+    started_at: datetime | None
+    stopped_at: datetime | None
+    segments: int
+    duration_ms: int
+    size_bytes: int
+    first_start: datetime | None
+    last_end: datetime | None
+
+
+@router.get("/api/cameras/{camera_id}/streams", tags=["recordings"], responses=NOT_FOUND)
+async def camera_streams(
+    camera_id: UUID, r: Res, who: Annotated[Principal, Depends(requires("recordings:read"))]
+) -> list[StreamOut]:
+    """The camera's streams (one per source URL it has had)."""
+    async with r.pool.acquire() as conn:
+        if await cameras.get_camera(conn, camera_id, who.city_list()) is None:
+            raise HTTPException(404, "camera not found")
+        rows = await recordings.list_streams(conn, camera_id)
+    return [StreamOut(**row) for row in rows]
+
+
+@router.get("/api/cameras/{camera_id}/recordings", tags=["recordings"], responses=NOT_FOUND)
+async def camera_recordings(
+    camera_id: UUID,
+    r: Res,
+    who: Annotated[Principal, Depends(requires("recordings:read"))],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[RecordingOut]:
+    """The camera's recordings (runs), newest first."""
+    async with r.pool.acquire() as conn:
+        if await cameras.get_camera(conn, camera_id, who.city_list()) is None:
+            raise HTTPException(404, "camera not found")
+        rows = await recordings.list_recordings(conn, camera_id, limit)
+    return [RecordingOut(**row) for row in rows]
 
 
 class Interval(BaseModel):

@@ -51,11 +51,16 @@ async def test_city_a_user_sees_nothing_of_city_b(
         (f"/api/cities/{w['b']}", f"/api/cities/{uuid.uuid4()}"),
         (f"/api/cameras/{w['cam_b']}", f"/api/cameras/{uuid.uuid4()}"),
         (f"/api/cameras/{w['cam_b']}/segments", f"/api/cameras/{uuid.uuid4()}/segments"),
+        (f"/api/cameras/{w['cam_b']}/streams", f"/api/cameras/{uuid.uuid4()}/streams"),
+        (f"/api/cameras/{w['cam_b']}/recordings", f"/api/cameras/{uuid.uuid4()}/recordings"),
     ):
         r_other, r_missing = await get(other, headers=op), await get(missing, headers=op)
         assert r_other.status_code == r_missing.status_code == 404
         assert r_other.json() == r_missing.json(), "a city-B resource must look missing"
     assert (await get(f"/api/cameras/{w['cam_a']}", headers=op)).status_code == 200
+    for own in ("streams", "recordings"):
+        resp = await get(f"/api/cameras/{w['cam_a']}/{own}", headers=op)
+        assert resp.status_code == 200 and resp.json() == [], resp.text
 
     admin = await central_api.login("admin@example.com", PASSWORD)
     assert len((await get("/api/cities", headers=admin)).json()) == 2

@@ -16,8 +16,9 @@ from central import recordings, segments
 from central.broker import BrokerAdmin
 from shared.messages import BlobRef, SegmentRecorded, encode
 from shared.topology import routing_key
-from tests.central.test_api_scoping import world
+from tests.central.test_api_scoping import PASSWORD, world
 from tests.central.test_ingest import make_city, publish_many, upload_segment, wait_for_count
+from tests.central_fixtures import CentralProcess
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -133,3 +134,22 @@ async def test_ingest_counts_a_redelivered_segment_once(
             await conn.fetchval("SELECT recording_id FROM segments WHERE id = $1", msg.segment_id)
             == run
         )
+
+
+async def test_recordings_and_streams_through_the_api(
+    central_api: CentralProcess, db_pool: asyncpg.Pool
+) -> None:
+    w = await world(db_pool)
+    async with db_pool.acquire() as conn:
+        agent = await conn.fetchval("SELECT agent_id FROM cameras WHERE id = $1", w["cam_a"])
+    now_ms = int(time.time() * 1000)
+    runs = [uuid.uuid4(), uuid.uuid4()]
+    for n, run in enumerate(runs):
+        await store(db_pool, [seg(w["cam_a"], agent, run, now_ms - 60_000 + n * 30_000)])
+    op = await central_api.login("operador@a.example", PASSWORD)
+    listed = await central_api.http.get(f"/api/cameras/{w['cam_a']}/recordings", headers=op)
+    assert listed.status_code == 200, listed.text
+    assert [r["id"] for r in listed.json()] == [str(runs[1]), str(runs[0])], "newest first"
+    assert [r["status"] for r in listed.json()] == ["RECORDING", "STOPPED"]
+    streams = await central_api.http.get(f"/api/cameras/{w['cam_a']}/streams", headers=op)
+    assert [s["source_url"] for s in streams.json()] == ["rtsp://10.0.0.1/a"]
