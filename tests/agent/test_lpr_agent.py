@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -220,3 +221,52 @@ def test_scene_video_one_read_per_passage(camera: Any) -> None:
         i += 1
     passages += tracker.flush()
     assert sorted(p.plate for p in passages) == sorted(truth_plates(camera.truth))
+
+
+def sampler_pids() -> set[int]:
+    """Live LPR samplers (ffmpeg writing BMP frames to a pipe) that are our children."""
+    me = str(os.getpid())
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        state, parent = stat[stat.rindex(")") + 2 :].split()[:2]
+        if parent == me and state != "Z" and b"image2pipe" in cmdline:
+            found.add(int(entry))
+    return found
+
+
+@pytest.mark.timeout(120)
+async def test_lpr_follows_config_edits(camera: Any, tmp_path: Path) -> None:
+    """Turning LPR off stops the sampler and the reader; a bad model in an edit is refused and
+    the running config stays; turning it on again starts it."""
+    cameras = {"cam1": lpr_camera_entry(camera.url)}
+    async with running_agent(tmp_path, cameras) as run:
+        await run.until(
+            "frames read", lambda: run.agent.lpr.status().get("cam1", {}).get("frames_read", 0) > 3
+        )
+        assert len(sampler_pids()) == 1
+
+        run.data["cameras"]["cam1"]["lpr"]["rec_model"] = str(tmp_path / "missing.onnx")
+        run.save()
+        await run.until("the bad edit refused", lambda: run.agent.last_reload_error)
+        refused = run.agent.last_reload_error
+        assert refused is not None and "no such file" in refused.message
+        assert run.agent.lpr.status()["cam1"]["state"] == "running"
+
+        run.data["cameras"]["cam1"]["lpr"] = {"enabled": False}
+        run.save()
+        await run.until("LPR stopped", lambda: "cam1" not in run.agent.lpr.status())
+        await run.until("sampler gone", lambda: not sampler_pids())
+        await run.recording("cam1")  # recording goes on
+
+        run.data["cameras"]["cam1"]["lpr"] = {"enabled": True}
+        run.save()
+        await run.until(
+            "LPR again",
+            lambda: run.agent.lpr.status().get("cam1", {}).get("frames_read", 0) > 3,
+        )
+    assert not sampler_pids()
