@@ -1,0 +1,58 @@
+"""The per-camera tracker: frame reads become one passage per vehicle with a voted text;
+repeats within the suppression window are dropped; lone weak reads are not passages."""
+
+from agent.lpr.recognizer import PlateCandidate
+from agent.lpr.tracker import PlateTracker
+
+
+def read(plate: str, x: int, conf: float = 0.95) -> PlateCandidate:
+    return PlateCandidate(plate, conf, (x, 300, 120, 24), plate, None)
+
+
+def run(tracker: PlateTracker, frames: list[tuple[int, list[PlateCandidate]]]) -> list[str]:
+    out = []
+    for ts, reads in frames:
+        out += [p.plate for p in tracker.update(ts, reads, crop=lambda r: r.plate.encode())]
+    return out
+
+
+def test_two_cars_a_misread_and_the_vote() -> None:
+    tracker = PlateTracker()
+    frames = [
+        (0, [read("BRA2E19", 100), read("ABC1234", 900)]),
+        (200, [read("BRA2E18", 160, 0.7), read("ABC1234", 850)]),  # one glyph misread
+        (400, [read("BRA2E19", 220), read("ABC1234", 800)]),
+        (600, [read("BRA2E19", 280)]),
+    ]
+    assert run(tracker, frames) == []  # nothing ends while the cars are in view
+    passages = tracker.update(5000, [])
+    assert sorted(p.plate for p in passages) == ["ABC1234", "BRA2E19"]
+    bra = next(p for p in passages if p.plate == "BRA2E19")
+    assert (bra.first_ms, bra.last_ms, bra.hits) == (0, 600, 4)
+    assert bra.votes["BRA2E18"] < bra.votes["BRA2E19"] and bra.crop_jpeg == b"BRA2E19"
+    # the evidence is the first of the equally confident reads
+    assert (bra.best_ms, bra.box) == (0, (100, 300, 120, 24))
+    assert 0 < bra.confidence < 1  # a dissenting frame lowers it
+
+
+def test_repeat_within_the_window_is_suppressed() -> None:
+    tracker = PlateTracker(suppress_ms=60_000)
+    first = [(0, [read("BRA2E19", 100)]), (200, [read("BRA2E19", 150)]), (3000, [])]
+    assert run(tracker, first) == ["BRA2E19"]
+    again = [(20_000, [read("BRA2E19", 100)]), (20_200, [read("BRA2E19", 150)]), (23_000, [])]
+    assert run(tracker, again) == [] and tracker.suppressed == 1
+    later = [(90_000, [read("BRA2E19", 100)]), (90_200, [read("BRA2E19", 150)]), (93_000, [])]
+    assert run(tracker, later) == ["BRA2E19"]
+
+
+def test_lone_weak_read_is_not_a_passage() -> None:
+    tracker = PlateTracker()
+    assert run(tracker, [(0, [read("XYZ1A23", 100, 0.7)]), (5000, [])]) == []
+    assert tracker.discarded == 1
+    assert run(tracker, [(6000, [read("QWE4R56", 100, 0.99)]), (9000, [])]) == ["QWE4R56"]
+
+
+def test_flush_ends_open_tracks() -> None:
+    tracker = PlateTracker()
+    run(tracker, [(0, [read("BRA2E19", 100)]), (200, [read("BRA2E19", 140)])])
+    assert [p.plate for p in tracker.flush()] == ["BRA2E19"] and tracker.open_tracks == 0
