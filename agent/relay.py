@@ -200,7 +200,7 @@ class Relay:
             await self.close()
 
     async def _lane(self, name: str, round_: Any) -> None:
-        """Run ``round_`` forever; it returns how many rows it sent (0: idle for a while)."""
+        """Run ``round_`` (one round of the lane's work, or a wait when idle) forever."""
         link = self._messages_link if name == "messages" else self._blobs_link
         failures = 0
         while True:
@@ -257,15 +257,36 @@ class Relay:
 
         Rows are marked sent only on their Basic.Ack; after a failure nothing new is published,
         the rest in flight finish, the acked ones are marked and RelayError is raised.
+
+        Rows more urgent than the read position that arrive meanwhile (an alert during a long
+        drain of plate reads) are read and sent first, without losing the position.
         """
         exchange = await self._messages_link.exchange()
         window = asyncio.Semaphore(self.window)
         in_flight: set[asyncio.Task[None]] = set()
         acked: list[int] = []
+        outstanding: set[int] = set()  # published, not yet marked sent
         failed: list[tuple[list[int], BaseException]] = []
         marking: asyncio.Task[int] | None = None
         marked = 0
         after: tuple[int, int] | None = None
+
+        async def fetch() -> list[RawOutboxRow]:
+            nonlocal after
+            if after is not None:
+                urgent = await self.store.pending_of(MESSAGE_ONLY_KINDS, FETCH_ROWS, below=after[0])
+                urgent = [r for r in urgent if r.id not in outstanding]
+                if urgent:
+                    return urgent
+            rows = await self.store.pending_of(MESSAGE_ONLY_KINDS, FETCH_ROWS, after)
+            if rows:
+                after = (rows[-1].priority, rows[-1].id)
+            return rows
+
+        async def mark(ids: list[int]) -> int:
+            n = await self._mark(ids)
+            outstanding.difference_update(ids)
+            return n
 
         async def publish(body: bytes, key: str, message_id: str, ids: list[int]) -> None:
             try:
@@ -280,23 +301,23 @@ class Relay:
 
         try:
             while not failed:
-                rows = await self.store.pending_of(MESSAGE_ONLY_KINDS, FETCH_ROWS, after)
+                rows = await fetch()
                 if not rows:
                     break
                 self._messages_idle.clear()
-                after = (rows[-1].priority, rows[-1].id)
                 for body, key, message_id, ids in self._messages(rows):
                     await window.acquire()
                     if failed:
                         window.release()
                         break
+                    outstanding.update(ids)
                     task = asyncio.create_task(publish(body, key, message_id, ids))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
                 if len(acked) >= MARK_ROWS and (marking is None or marking.done()):
                     if marking is not None:
                         marked += marking.result()
-                    marking = asyncio.create_task(self._mark(acked[:]))
+                    marking = asyncio.create_task(mark(acked[:]))
                     acked.clear()
                 if once:
                     break

@@ -427,10 +427,15 @@ class Store:
         return await self._run(query)
 
     async def pending_of(
-        self, kinds: Collection[str], limit: int, after: tuple[int, int] | None = None
+        self,
+        kinds: Collection[str],
+        limit: int,
+        after: tuple[int, int] | None = None,
+        below: int | None = None,
     ) -> list[RawOutboxRow]:
         """Unsent rows of ``kinds`` in sending order, after (priority, id) ``after`` if given:
-        the relay reads on past the rows it has in flight without reading them again."""
+        the relay reads on past the rows it has in flight without reading them again. With
+        ``below``, only rows of a priority under it (more urgent rows that came meanwhile)."""
         marks = ", ".join("?" * len(kinds))
         # "+kind": not the (kind, ref_id) index, which would read every row of the kinds ever
         # sent and sort them; the pending index holds only unsent rows, in sending order.
@@ -439,9 +444,11 @@ class Store:
             f"WHERE sent_ms IS NULL AND dropped_ms IS NULL AND +kind IN ({marks}) "
             "AND priority >= ? "
             + ("AND (priority, id) > (?, ?) " if after is not None else "")
+            + ("AND priority < ? " if below is not None else "")
             + "ORDER BY priority, id LIMIT ?"
         )
-        params = [*kinds, min(PRIORITY.get(k, 0) for k in kinds), *(after or ()), limit]
+        lowest = min(PRIORITY.get(k, 0) for k in kinds)
+        params = [*kinds, lowest, *(after or ()), *(() if below is None else (below,)), limit]
 
         def query() -> list[RawOutboxRow]:
             return [RawOutboxRow(*r) for r in self.db.execute(sql, params).fetchall()]

@@ -138,11 +138,15 @@ class TimedStore(Store):
         self.rounds = 0
 
     async def pending_of(
-        self, kinds: Collection[str], limit: int, after: tuple[int, int] | None = None
+        self,
+        kinds: Collection[str],
+        limit: int,
+        after: tuple[int, int] | None = None,
+        below: int | None = None,
     ) -> list[RawOutboxRow]:
         t = time.perf_counter()
         try:
-            return await super().pending_of(kinds, limit, after)
+            return await super().pending_of(kinds, limit, after, below)
         finally:
             self.pending_s += time.perf_counter() - t
 
@@ -721,11 +725,12 @@ async def run_blobs(
 async def broker_counts(mgmt: httpx.AsyncClient, expected: int) -> dict[str, int | None]:
     """Messages routed to and redelivered from the plates queue, from the broker's statistics.
 
-    The management plugin samples every 5 s: wait until the published count settles.
+    The management plugin samples every 5 s, later on a busy machine: wait until the published
+    count settles (up to about a minute).
     """
     last: int | None = None
     stats: dict[str, Any] = {}
-    for _ in range(25):
+    for _ in range(60):
         stats = (await queue_stats(mgmt)).get("message_stats", {})
         now = stats.get("publish")
         if now is not None and now >= expected and now == last:

@@ -132,6 +132,54 @@ async def test_backlog_stored_once_and_a_refused_read_dead_lettered_alone(
         await store.close()
 
 
+async def test_urgent_rows_overtake_a_long_drain(
+    central_ingest: asyncio.Event,
+    db_pool: asyncpg.Pool,
+    amqp_url: str,
+    broker_admin: BrokerAdmin,
+    tmp_path: Path,
+) -> None:
+    site = await make_city(db_pool, broker_admin, "Ourinhos")
+    urgent = [plate_read(site, f"URG{n:04d}") for n in range(10)]
+
+    class ArrivingStore(Store):
+        """Urgent rows are committed just after the drain's first read of the outbox."""
+
+        arrived = False
+
+        async def pending_of(self, *args: Any, **kwargs: Any) -> list[RawOutboxRow]:
+            rows = await super().pending_of(*args, **kwargs)
+            if rows and not self.arrived:
+                self.arrived = True
+                await self.add_plate_reads(urgent)
+            return rows
+
+    store = ArrivingStore(tmp_path / "agent.sqlite3", site["agent"])
+    await store.open()
+    relay = Relay(agent_config(site, amqp_url, tmp_path), store)
+    order: list[str] = []
+    publish = relay._publish
+
+    async def recording(exchange: Any, body: bytes, key: str, message_id: str) -> None:
+        order.append(message_id)
+        await publish(exchange, body, key, message_id)
+
+    relay._publish = recording  # type: ignore[method-assign]
+    try:
+        backlog = [plate_read(site, f"LOW{n:04d}") for n in range(1500)]
+        await store.add_plate_reads(backlog)
+        # The backlog ranks below plate reads from now on (as loss events do).
+        await store._run(lambda: store.db.execute("UPDATE outbox SET priority = 15"))
+        assert await relay._pump() == len(backlog) + len(urgent)
+        # 500 rows read first (5 messages of 100), then the newcomers at once, then the rest.
+        assert len(order) == 16
+        assert order[5] == f"plate_read_batch:{urgent[0].read_id}+9"
+        assert await wait_reads(db_pool, site["camera"], 1510, 60) == 1510
+    finally:
+        await relay.close()
+        await store.close()
+
+
 async def test_batches_redelivered_or_forged_or_oversized(
     central_ingest: asyncio.Event,
     db_pool: asyncpg.Pool,
