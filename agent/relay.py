@@ -3,9 +3,10 @@ RabbitMQ with publisher confirms. A row is marked sent only after the broker's B
 
 Two lanes, each with its own AMQP connection and backoff (docs/design/sync.md, "Throughput and
 priorities"): messages (plate reads, loss events) go out in a sliding window of confirms, plate
-reads many to a message; blobs (thumbnails, then video) are uploaded one at a time, paced by
-``sync.max_upload_mbps``, and only while no message is waiting. A slow or capped upload never
-holds back a plate read, and an object store that is down never stops the messages.
+reads many to a message; blobs (thumbnails, plate reads' evidence crops, then video) are
+uploaded one at a time, paced by ``sync.max_upload_mbps``, and only while no message is
+waiting. A slow or capped upload never holds back a plate read, and an object store that is
+down never stops the messages.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from shared.messages import (
     MAX_BATCH_READS,
     BlobRef,
     Heartbeat,
+    PlateCrop,
     SegmentRecorded,
     ThumbnailTaken,
     encode,
@@ -61,11 +63,11 @@ BLOB_ROWS_PER_ROUND = 4
 # Blobs sent at once: a second upload's bytes flow while the first one's grant, publish and
 # mark wait on round trips. The bandwidth cap holds for them together.
 BLOB_CONCURRENCY = 2
-CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg"}
+CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg", "crop": "image/jpeg"}
 # Outbox kinds whose payload is the whole wire message (no blob to upload first).
 MESSAGE_ONLY_KINDS = ("watchlist_alert", "plate_read", "loss_event")
 # Outbox kinds with a blob, in the blob lane; the store's priorities order them.
-BLOB_KINDS = ("thumbnail", "segment")
+BLOB_KINDS = ("thumbnail", "crop", "segment")
 HEARTBEAT_INTERVAL_S = 10.0
 IDLE_POLL_S = 0.5
 UPLOAD_TIMEOUT_S = 120.0
@@ -504,6 +506,8 @@ class Relay:
             return await self._prepare_segment(row)
         if row.kind == "thumbnail":
             return await self._prepare_thumbnail(row)
+        if row.kind == "crop":
+            return await self._prepare_crop(row)
         raise RelayError(f"unknown outbox kind {row.kind!r}")
 
     async def _prepare_segment(self, row: OutboxRow) -> tuple[bytes, str]:
@@ -536,14 +540,7 @@ class Relay:
 
     async def _prepare_thumbnail(self, row: OutboxRow) -> tuple[bytes, str]:
         p = row.payload
-        blob = await self._upload(
-            kind="thumbnail",
-            camera_id=p["camera_id"],
-            object_id=p["thumbnail_id"],
-            path=Path(p["path"]),
-            size_bytes=p["size_bytes"],
-            sha256=p["sha256"],
-        )
+        blob = await self._upload_file("thumbnail", p["thumbnail_id"], p)
         msg = ThumbnailTaken(
             thumbnail_id=p["thumbnail_id"],
             agent_id=self.config.agent_id,
@@ -552,6 +549,26 @@ class Relay:
             blob=blob,
         )
         return encode(msg), routing_key("thumbnail", self.config.city_id, self.config.agent_id)
+
+    async def _prepare_crop(self, row: OutboxRow) -> tuple[bytes, str]:
+        """A plate read's evidence JPEG: kept on the agent after it is sent (docs/design/lpr.md)."""
+        p = row.payload
+        blob = await self._upload_file("crop", p["read_id"], p)
+        msg = PlateCrop(
+            read_id=p["read_id"], agent_id=self.config.agent_id, camera_id=p["camera_id"], blob=blob
+        )
+        return encode(msg), routing_key("plate_crop", self.config.city_id, self.config.agent_id)
+
+    async def _upload_file(self, kind: str, object_id: str, p: dict[str, Any]) -> BlobRef:
+        """Upload the file an outbox payload names (camera_id, path, size_bytes, sha256)."""
+        return await self._upload(
+            kind=kind,
+            camera_id=p["camera_id"],
+            object_id=object_id,
+            path=Path(p["path"]),
+            size_bytes=p["size_bytes"],
+            sha256=p["sha256"],
+        )
 
     async def _upload(
         self, *, kind: str, camera_id: str, object_id: str, path: Path, size_bytes: int, sha256: str

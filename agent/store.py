@@ -34,6 +34,7 @@ PRIORITY = {
     "loss_event": 15,
     "camera_status": 20,
     "thumbnail": 30,
+    "crop": 32,  # a plate read's evidence JPEG: after thumbnails, before video
     "segment": 40,
 }
 
@@ -191,6 +192,12 @@ MIGRATIONS: list[str] = [
         reason TEXT NOT NULL DEFAULT '',
         loaded_ms INTEGER NOT NULL
     );
+    """,
+    # docs/design/segments.md "History": finished segments (unlinked or lost), by when they
+    # finished, so the hourly purge of old history reads an index, not the table.
+    """
+    CREATE INDEX segments_history ON segments (coalesce(unlinked_ms, lost_ms))
+        WHERE unlinked_ms IS NOT NULL OR lost_ms IS NOT NULL;
     """,
 ]
 
@@ -957,6 +964,41 @@ class Store:
 
         await self._run(update)
 
+    async def purge_history(self, before_ms: int, limit: int = 1000) -> int:
+        """docs/design/segments.md "History": forget at most ``limit`` segments whose story is
+        over (evicted and unlinked, or lost) before ``before_ms``, with their outbox rows and
+        the runs left without segments, in one transaction. Live segments, unsent rows and
+        plate reads are never touched; the spool's counters do not change (only finished rows
+        go). Returns segment rows forgotten."""
+
+        def purge() -> int:
+            with self.db.atomic():
+                rows = self.db.execute(
+                    "SELECT segment_id, run_id FROM segments WHERE (unlinked_ms IS NOT NULL"
+                    " OR lost_ms IS NOT NULL) AND coalesce(unlinked_ms, lost_ms) < ? LIMIT ?",
+                    [before_ms, limit],
+                ).fetchall()
+                if not rows:
+                    return 0
+                ids = [r[0] for r in rows]
+                marks = ",".join("?" * len(ids))
+                self.db.execute(
+                    f"DELETE FROM outbox WHERE kind = 'segment' AND ref_id IN ({marks})",  # noqa: S608
+                    ids,
+                )
+                self.db.execute(f"DELETE FROM segments WHERE segment_id IN ({marks})", ids)  # noqa: S608
+                # A run left without segments is over (a running one always has its newest
+                # segments live); its directory went with its last file (step 7).
+                runs = sorted({r[1] for r in rows})
+                self.db.execute(
+                    f"DELETE FROM runs WHERE run_id IN ({','.join('?' * len(runs))})"  # noqa: S608
+                    " AND NOT EXISTS (SELECT 1 FROM segments s WHERE s.run_id = runs.run_id)",
+                    runs,
+                )
+            return len(ids)
+
+        return await self._run(purge)
+
     async def backlog(self) -> dict[str, Any]:
         """Unsent rows per kind and the age of the oldest, for `status` and heartbeats."""
 
@@ -981,7 +1023,7 @@ class Store:
                 " json_extract(o.payload, '$.size_bytes'))), 0) FROM outbox o"
                 " LEFT JOIN segments s ON o.kind = 'segment' AND s.segment_id = o.ref_id"
                 " WHERE o.sent_ms IS NULL AND o.dropped_ms IS NULL"
-                " AND o.kind IN ('segment', 'thumbnail')"
+                " AND o.kind IN ('segment', 'thumbnail', 'crop')"
             ).fetchone()[0]
             return {
                 "pending": per_kind,
@@ -1041,13 +1083,13 @@ class Store:
         return added
 
     def _queue_plate_read(self, read_id: str, now: int) -> None:
-        """Write a stored read's outbox row (its wire message) and mark it released. Writer
-        thread, inside the caller's transaction."""
+        """Write a stored read's outbox row (its wire message), and its crop's when it has one,
+        and mark it released. Writer thread, inside the caller's transaction."""
         if self.agent_id is None:
             raise RuntimeError("a store without agent_id cannot queue plate reads")
         r = self.db.execute(
-            "SELECT camera_id, plate, confidence, seen_ms, segment_id FROM plate_reads"
-            " WHERE read_id = ?",
+            "SELECT camera_id, plate, confidence, seen_ms, segment_id, crop_path,"
+            " crop_size_bytes, crop_sha256 FROM plate_reads WHERE read_id = ?",
             [read_id],
         ).fetchone()
         message = PlateRead(
@@ -1064,6 +1106,16 @@ class Store:
             " VALUES ('plate_read', ?, ?, ?, ?)",
             [PRIORITY["plate_read"], read_id, message.model_dump_json(), now],
         )
+        if r[5] and r[6] and r[7]:
+            # The evidence crop goes by claim-check in the blob lane (PlateCrop), keyed by the
+            # read: central joins the two whichever arrives first.
+            crop = {"read_id": read_id, "camera_id": r[0], "path": r[5], "size_bytes": r[6],
+                    "sha256": r[7]}  # fmt: skip
+            self.db.execute(
+                "INSERT OR IGNORE INTO outbox (kind, priority, ref_id, payload, created_ms)"
+                " VALUES ('crop', ?, ?, ?, ?)",
+                [PRIORITY["crop"], read_id, json.dumps(crop), now],
+            )
         self.db.execute("UPDATE plate_reads SET held = 0 WHERE read_id = ?", [read_id])
 
     async def release_plate_reads(self, now_ms: int | None = None) -> int:

@@ -25,6 +25,7 @@ from central import (
     agents,
     alerts,
     cameras,
+    crops,
     losses,
     plates,
     presence,
@@ -38,6 +39,7 @@ from shared.messages import (
     LossEvent,
     Message,
     MessageRejected,
+    PlateCrop,
     PlateRead,
     PlateReadBatch,
     SegmentRecorded,
@@ -48,6 +50,7 @@ from shared.messages import (
 )
 from shared.topology import (
     ALERTS_QUEUE,
+    CROPS_QUEUE,
     DEAD_LETTER_EXCHANGE,
     HEARTBEATS_QUEUE,
     LOSSES_QUEUE,
@@ -227,15 +230,19 @@ class Consumer:
         self.dead_lettered += 1
 
 
-class SegmentConsumer(Consumer):
-    """Consumes ``central.segments`` one message at a time: each needs its blob verified."""
-
-    queue = SEGMENTS_QUEUE
-    prefetch = 16
+class BlobConsumer(Consumer):
+    """A consumer of claim-checks: its messages name objects it verifies in S3."""
 
     def __init__(self, pool: asyncpg.Pool, s3: Minio) -> None:
         super().__init__(pool)
         self.s3 = s3
+
+
+class SegmentConsumer(BlobConsumer):
+    """Consumes ``central.segments`` one message at a time: each needs its blob verified."""
+
+    queue = SEGMENTS_QUEUE
+    prefetch = 16
 
     async def process(self, message: AbstractIncomingMessage) -> None:
         seg, city = self.envelope(message)
@@ -390,16 +397,12 @@ def _key_of(message: AbstractIncomingMessage, reads: list[PlateRead]) -> str:
     return f"v1.{kind}.{city}.{agent}"
 
 
-class ThumbnailConsumer(Consumer):
+class ThumbnailConsumer(BlobConsumer):
     """Consumes ``central.thumbnails``: each camera points at its newest thumbnail, and the
     object it replaces is deleted (mosaics need only the current view)."""
 
     queue = THUMBNAILS_QUEUE
     prefetch = 16
-
-    def __init__(self, pool: asyncpg.Pool, s3: Minio) -> None:
-        super().__init__(pool)
-        self.s3 = s3
 
     async def process(self, message: AbstractIncomingMessage) -> None:
         thumb, city = self.envelope(message)
@@ -417,6 +420,27 @@ class ThumbnailConsumer(Consumer):
         if obsolete is not None and obsolete != current:
             await asyncio.to_thread(self.s3.remove_object, "thumbnails", obsolete)
         self.inserted += int(applied)
+
+
+class CropConsumer(BlobConsumer):
+    """Consumes ``central.crops``: plate reads' evidence JPEGs, verified against their
+    claim-check and kept under the read's id (``lpr_crops``), whether the read is here yet or
+    not. Keyed by ``read_id``."""
+
+    queue = CROPS_QUEUE
+    prefetch = 16
+
+    async def process(self, message: AbstractIncomingMessage) -> None:
+        crop, city = self.envelope(message)
+        assert isinstance(crop, PlateCrop)
+        await self.check_camera(crop.agent_id, crop.camera_id, city)
+        expected = storage.crop_key(city, crop.camera_id, crop.read_id)
+        await verify_claim(self.s3, crop.blob, "lpr-images", expected)
+        async with self.pool.acquire() as conn:
+            inserted = await crops.insert_crop(conn, crop)
+        self.inserted += int(inserted)
+        self.duplicates += int(not inserted)
+        log.debug("crop of read=%s camera=%s stored", crop.read_id, crop.camera_id)
 
 
 class HeartbeatConsumer(Consumer):
@@ -507,6 +531,7 @@ async def run_ingest(
         ThumbnailConsumer(pool, s3),
         LossConsumer(pool),
         AlertConsumer(pool),
+        CropConsumer(pool, s3),
     ]
     try:
         for consumer in consumers:

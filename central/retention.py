@@ -3,9 +3,9 @@ and objects together.
 
 One pass walks every city and removes what ended before ``now - plan``: video segments (rows
 in ``segments``, objects in ``recordings`` with their HLS renditions), plate reads
-(``lpr_events`` and their crops in ``lpr-images``), loss events, alerts and recordings (runs)
-left without segments. Clips are exports kept on purpose: they are never touched here (see
-docs/design/schema.md, design 4).
+(``lpr_events`` and their crops: rows in ``lpr_crops``, objects in ``lpr-images``), loss
+events, alerts and recordings (runs) left without segments. Clips are exports kept on
+purpose: they are never touched here (see docs/design/schema.md, design 4).
 
 Order, per batch: delete the objects first, then the rows in one transaction. A crash between
 the two leaves rows whose objects are gone, but only for footage already past its retention,
@@ -126,19 +126,23 @@ async def _sweep_plate_reads(
     naive = cutoff.astimezone(UTC).replace(tzinfo=None)
     while True:
         async with pool.acquire() as conn, conn.transaction():
+            # A read's crop is named by the read (image_url) or uploaded apart (lpr_crops).
             rows = await conn.fetch(
-                "SELECT id, image_url FROM lpr_events WHERE city_id = $1 AND detected_at < $2"
-                " ORDER BY detected_at LIMIT $3 FOR UPDATE SKIP LOCKED",
+                "SELECT e.id, e.image_url, k.bucket, k.object_key FROM lpr_events e"
+                " LEFT JOIN lpr_crops k ON k.read_id = e.id"
+                " WHERE e.city_id = $1 AND e.detected_at < $2"
+                " ORDER BY e.detected_at LIMIT $3 FOR UPDATE OF e SKIP LOCKED",
                 city_id, naive, BATCH,
             )  # fmt: skip
             if not rows:
                 break
             crops = [c for r in rows if (c := _crop(r["image_url"])) is not None]
+            crops += [(r["bucket"], r["object_key"]) for r in rows if r["object_key"]]
             if crops:
                 report.objects += await asyncio.to_thread(delete_objects, s3, crops)
-            await conn.execute(
-                "DELETE FROM lpr_events WHERE id = ANY($1::uuid[])", [r["id"] for r in rows]
-            )
+            ids = [r["id"] for r in rows]
+            await conn.execute("DELETE FROM lpr_crops WHERE read_id = ANY($1::uuid[])", ids)
+            await conn.execute("DELETE FROM lpr_events WHERE id = ANY($1::uuid[])", ids)
             report.plate_reads += len(rows)
         if len(rows) < BATCH:
             break

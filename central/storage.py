@@ -53,6 +53,11 @@ def thumbnail_key(city_id: UUID, camera_id: UUID, thumbnail_id: UUID) -> str:
     return f"{city_id}/{camera_id}/{thumbnail_id}.jpg"
 
 
+def crop_key(city_id: UUID, camera_id: UUID, read_id: UUID) -> str:
+    """A plate read's evidence JPEG in ``lpr-images``, named by the read."""
+    return f"{city_id}/{camera_id}/{read_id}.jpg"
+
+
 def hls_key(object_key: str) -> str:
     """Where a segment's MPEG-TS rendition (made on first HLS play) is kept, in its bucket."""
     return f"hls/{object_key.removesuffix('.mp4')}.ts"
@@ -62,6 +67,7 @@ def hls_key(object_key: str) -> str:
 UPLOAD_KINDS = {
     "segment": ("recordings", segment_key),
     "thumbnail": ("thumbnails", thumbnail_key),
+    "crop": ("lpr-images", crop_key),
 }
 
 

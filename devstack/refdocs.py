@@ -154,6 +154,7 @@ def messages_md() -> str:
         messages.LossEvent,
         messages.WatchlistAlert,
         messages.ThumbnailTaken,
+        messages.PlateCrop,
         messages.Heartbeat,
         messages.UploadRequest,
         messages.WatchlistUpdate,

@@ -148,6 +148,19 @@ class ThumbnailTaken(WireModel):
     blob: BlobRef = Field(description="The JPEG in the `thumbnails` bucket.")
 
 
+class PlateCrop(WireModel):
+    """A plate read's evidence JPEG, uploaded by claim-check after the read was stored. It may
+    arrive before or after its ``PlateRead``: central keeps it under the read's id either way.
+    Idempotency key: ``read_id`` (one crop per read)."""
+
+    type: Literal["plate_crop"] = "plate_crop"
+    schema_version: Literal[1] = 1
+    read_id: UUID = Field(description="The read it belongs to; the idempotency key.")
+    agent_id: UUID = Field(description="Must match the routing key's agent.")
+    camera_id: UUID = Field(description="The read's camera, of the agent's city.")
+    blob: BlobRef = Field(description="The JPEG in the `lpr-images` bucket.")
+
+
 class CameraHealth(WireModel):
     """One camera's recorder as the agent sees it (part of a heartbeat)."""
 
@@ -319,6 +332,7 @@ Message = (
     | PlateReadBatch
     | Heartbeat
     | ThumbnailTaken
+    | PlateCrop
     | LossEvent
     | UploadRequest
     | WatchlistUpdate
@@ -331,6 +345,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     "plate_read_batch": PlateReadBatch,
     "heartbeat": Heartbeat,
     "thumbnail": ThumbnailTaken,
+    "plate_crop": PlateCrop,
     "loss_event": LossEvent,
     "upload_request": UploadRequest,
     "watchlist_update": WatchlistUpdate,

@@ -35,8 +35,10 @@ HEARTBEATS_QUEUE = ConsumerQueue("central.heartbeats", ("heartbeat",), message_t
 THUMBNAILS_QUEUE = ConsumerQueue("central.thumbnails", ("thumbnail",), message_ttl_ms=600_000)
 LOSSES_QUEUE = ConsumerQueue("central.losses", ("loss_event",))
 ALERTS_QUEUE = ConsumerQueue("central.alerts", ("watchlist_alert",))
+CROPS_QUEUE = ConsumerQueue("central.crops", ("plate_crop",))
 CONSUMER_QUEUES = (
     SEGMENTS_QUEUE, PLATES_QUEUE, HEARTBEATS_QUEUE, THUMBNAILS_QUEUE, LOSSES_QUEUE, ALERTS_QUEUE,
+    CROPS_QUEUE,
 )  # fmt: skip
 
 

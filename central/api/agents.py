@@ -66,7 +66,10 @@ class AgentHealth(BaseModel):
 
 
 class UploadRequest(BaseModel):
-    kind: Literal["segment", "thumbnail"]
+    kind: Literal["segment", "thumbnail", "crop"] = Field(
+        description="segment: an MP4; thumbnail: a camera's view; crop: a plate read's "
+        "evidence JPEG (object_id is the read's id)."
+    )
     camera_id: UUID
     object_id: UUID
     size_bytes: int = Field(ge=1, le=8 * 1024**3)

@@ -85,23 +85,37 @@ async def search_plates(
 async def plate_read(
     read_id: UUID, r: Res, who: Annotated[Principal, Depends(requires("plates:search"))]
 ) -> PlateHit:
-    """One plate read, with a short-lived URL of its evidence crop when there is one."""
+    """One plate read, with a short-lived URL of its evidence crop when there is one (the
+    crop the agent uploaded after the read, ``lpr_crops``, or one the read itself named)."""
     async with r.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            f"SELECT {plates.SEARCH_COLUMNS} FROM lpr_events e"  # noqa: S608 - constant
+            f"SELECT {plates.SEARCH_COLUMNS}, k.bucket AS crop_bucket,"  # noqa: S608 - constant
+            " k.object_key AS crop_key FROM lpr_events e"
             " JOIN cameras c ON c.id = e.camera_id"
+            " LEFT JOIN lpr_crops k ON k.read_id = e.id"
             " WHERE e.id = $1 AND ($2::uuid[] IS NULL OR e.city_id = ANY($2))",
             read_id, who.city_list(),
         )  # fmt: skip
         if row is None:
             raise HTTPException(404, "plate read not found")
         await audit.record(conn, who.user_id, "plates.view", {"read_id": str(read_id)})
-    fields = {k: v for k, v in dict(row).items() if k != "image_url"}
+    fields = {k: v for k, v in dict(row).items() if k in PlateHit.model_fields}
     fields["detected_at"] = fields["detected_at"].replace(tzinfo=UTC)
     hit = PlateHit(**fields)
+    crop: tuple[str, str] | None = None
     if row["image_url"]:
         bucket, _, key = row["image_url"].partition("/")
+        crop = bucket, key
+    elif (
+        row["crop_key"]
+        and row["city_id"]
+        and row["crop_key"] == storage.crop_key(row["city_id"], row["camera_id"], read_id)
+    ):
+        # Only the object named by the read's own city and camera: a crop is stored before its
+        # read may exist, so its key is checked against the read here.
+        crop = row["crop_bucket"], row["crop_key"]
+    if crop is not None:
         hit.crop_url = await asyncio.to_thread(
-            storage.presign_get, r.s3_public, bucket, key, CROP_URL_TTL_S
+            storage.presign_get, r.s3_public, crop[0], crop[1], CROP_URL_TTL_S
         )
     return hit
