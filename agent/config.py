@@ -184,6 +184,13 @@ class StorageConfig(Strict):
     check_seconds: int = Field(
         10, ge=1, le=3600, description="How often the budget is checked (cheap: no disk walk)."
     )
+    history_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="How long the store remembers segments whose video is gone (evicted or "
+        "lost) before forgetting their rows; keeps the store from growing without end.",
+    )
 
     @model_validator(mode="after")
     def _some_budget(self) -> StorageConfig:

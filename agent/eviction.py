@@ -39,6 +39,7 @@ MIN_BITRATE_SPAN_MS = 60_000
 # Segments per eviction transaction; a check runs several when far over budget.
 EVICT_BATCH = 1000
 MAX_BATCHES_PER_CHECK = 100
+PURGE_EVERY_MS = 3_600_000  # the history purge runs at most hourly
 
 
 def _wall_ms() -> int:
@@ -53,10 +54,13 @@ class Budget:
     max_bytes: int | None = None  # bytes of live segments
     min_free_bytes: int | None = None  # free bytes on the spool's filesystem
     check_seconds: float = 10.0
+    history_days: int = 30  # finished segments' rows are forgotten after this
 
     @classmethod
     def of(cls, storage: StorageConfig) -> Budget:
-        return cls(storage.max_bytes, storage.min_free_bytes, storage.check_seconds)
+        return cls(
+            storage.max_bytes, storage.min_free_bytes, storage.check_seconds, storage.history_days
+        )
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,8 @@ class Evictor:
         self.last_check: dict[str, Any] | None = None
         self.last_error: str | None = None
         self._rate: tuple[int, float | None] | None = None  # (measured at ms, bytes per day)
+        self._last_purge_ms: int | None = None
+        self.history_forgotten = 0
 
     async def run(self) -> None:
         """Check until cancelled. An OS error (statvfs, unlink) is logged and retried."""
@@ -270,7 +276,26 @@ class Evictor:
             self._log(eviction, need)
             usage = await self.usage()
         await self._record(usage, budget)
+        await self.purge_history(budget)
         return done
+
+    async def purge_history(self, budget: Budget) -> int:
+        """docs/design/segments.md "History": at most hourly, forget the rows of segments
+        whose video went (evicted or lost) more than ``history_days`` ago, in batches."""
+        now = self.clock_ms()
+        if self._last_purge_ms is not None and now - self._last_purge_ms < PURGE_EVERY_MS:
+            return 0
+        self._last_purge_ms = now
+        before = now - budget.history_days * 86_400_000
+        forgotten = 0
+        while n := await self.store.purge_history(before, EVICT_BATCH):
+            forgotten += n
+            await asyncio.sleep(0)  # other store work goes between batches
+        if forgotten:
+            self.history_forgotten += forgotten
+            log.info("store: forgot %d finished segment row(s) older than %d days",
+                     forgotten, budget.history_days)  # fmt: skip
+        return forgotten
 
     async def finish_unlinks(self) -> int:
         """Unlink the files of evicted rows not yet recorded as unlinked (a crash or an error

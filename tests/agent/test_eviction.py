@@ -343,6 +343,28 @@ async def test_synced_evicted_first_unsynced_only_after_as_losses(
     assert (usage.evicted_segments, usage.evicted_unsynced) == (len(a), len(a) - 2)
     assert usage.live_bytes == sum(s.size_bytes for s in b)
 
+    # 4. History: once the evicted rows are older than history_days, the hourly purge forgets
+    # them and their outbox rows; live segments, plate reads and loss events stay.
+    plan = await sql(
+        store, "EXPLAIN QUERY PLAN SELECT segment_id FROM segments WHERE (unlinked_ms IS NOT "
+        "NULL OR lost_ms IS NOT NULL) AND coalesce(unlinked_ms, lost_ms) < 0 LIMIT 10",
+    )  # fmt: skip
+    assert "segments_history" in str(plan), plan
+    month_later = 31 * 86_400_000
+    evictor = Evictor(store, spool, lambda: Budget(max_bytes=MIB * 1024, history_days=30),
+                      clock_ms=lambda: end(b[-1]) + month_later)  # fmt: skip
+    assert await evictor.purge_history(evictor.budget()) == len(a)
+    assert await evictor.purge_history(evictor.budget()) == 0, "at most hourly"
+    left = await sql(store, "SELECT segment_id FROM segments ORDER BY seq")
+    assert [r[0] for r in left] == ids(*b)
+    segment_rows = await sql(store, "SELECT ref_id FROM outbox WHERE kind = 'segment'")
+    assert sorted(r[0] for r in segment_rows) == sorted(ids(*b))
+    assert len(await loss_events(store)) == 3
+    assert await sql(store, plates) == plates_before
+    assert await store.spool_usage() == usage, "only finished rows went"
+    check_invariants(store.path, spool)
+    assert not (await reconcile(store, spool)).changed
+
 
 # --- (c) kill -9 between the eviction's commit and its unlink ------------------------------
 
