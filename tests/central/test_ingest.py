@@ -301,6 +301,38 @@ async def test_thumbnails_newest_wins_and_replaced_objects_go(
     assert not exists(older.blob.key), "a stale thumbnail was kept"
 
 
+async def once_and_foreign_dead_lettered(
+    db_pool: asyncpg.Pool,
+    amqp_url: str,
+    site: dict[str, Any],
+    kind: str,
+    message: Any,
+    foreign: Any,
+    table: str,
+    dlq: str,
+) -> asyncpg.Record:
+    """Publish ``message`` twice (at-least-once: the relay may send it again after a crash)
+    and ``foreign`` (the site's agent naming another city's camera, under its own key); the
+    one row stored and the single dead letter saying why are checked; returns the row."""
+    key = routing_key(kind, site["city"], site["agent"])
+    for body in (message, message, foreign):
+        await publish(amqp_url, site, key, encode(body))
+
+    async def rows() -> list[asyncpg.Record]:
+        async with db_pool.acquire() as conn:
+            return list(await conn.fetch(f"SELECT * FROM {table}"))  # noqa: S608 - fixed names
+
+    for _ in range(100):
+        if await rows():
+            break
+        await asyncio.sleep(0.1)
+    letters = await dead_letters(amqp_url, expect=1, queue=dlq)
+    await asyncio.sleep(0.5)  # a duplicate would have landed by now
+    (row,) = await rows()
+    assert len(letters) == 1 and "not in agent" in str(letters[0]["reason"]), letters
+    return row
+
+
 async def test_loss_event_stored_once_and_foreign_camera_dead_lettered(
     central_ingest: asyncio.Event,
     db_pool: asyncpg.Pool,
@@ -314,31 +346,17 @@ async def test_loss_event_stored_once_and_foreign_camera_dead_lettered(
         start_ms=1_700_000_000_000, end_ms=1_700_000_006_000, segments=3,
         size_bytes=912_345, reason="disk_budget",
     )  # fmt: skip
-    key = routing_key("loss_event", site["city"], site["agent"])
-    for _ in range(2):  # at-least-once: the relay may send it again after a crash
-        await publish(amqp_url, site, key, encode(loss))
-    # The site's agent reporting a loss of another city's camera, under its own key.
     foreign = loss.model_copy(update={"loss_id": uuid.uuid4(), "camera_id": other["camera"]})
-    await publish(amqp_url, site, key, encode(foreign))
-
-    async def rows() -> list[asyncpg.Record]:
-        async with db_pool.acquire() as conn:
-            return list(await conn.fetch("SELECT * FROM loss_events ORDER BY received_at"))
-
-    for _ in range(100):
-        if await rows():
-            break
-        await asyncio.sleep(0.1)
-    letters = await dead_letters(amqp_url, expect=1, queue=LOSSES_QUEUE.dead_letter_queue)
-    await asyncio.sleep(0.5)  # a duplicate would have landed by now
-    (row,) = await rows()
+    row = await once_and_foreign_dead_lettered(
+        db_pool, amqp_url, site, "loss_event", loss, foreign, "loss_events",
+        LOSSES_QUEUE.dead_letter_queue,
+    )  # fmt: skip
     assert (row["id"], row["agent_id"], row["camera_id"], row["cidade_id"]) == (
         loss.loss_id, site["agent"], site["camera"], site["city"],
     )  # fmt: skip
     assert int(row["start_time"].timestamp() * 1000) == loss.start_ms
     assert int(row["end_time"].timestamp() * 1000) == loss.end_ms
     assert (row["segments"], row["size_bytes"], row["reason"]) == (3, 912_345, "disk_budget")
-    assert len(letters) == 1 and "not in agent" in str(letters[0]["reason"]), letters
 
 
 async def test_watchlist_alert_stored_once_and_foreign_camera_dead_lettered(
@@ -354,26 +372,13 @@ async def test_watchlist_alert_stored_once_and_foreign_camera_dead_lettered(
         read_id=uuid.uuid4(), plate="BRA2E19", listed_plate="BRA2E19", match="exact",
         confidence=0.93, detected_ms=1_700_000_000_000,
     )  # fmt: skip
-    key = routing_key("watchlist_alert", site["city"], site["agent"])
-    for _ in range(2):  # at-least-once
-        await publish(amqp_url, site, key, encode(alert))
     foreign = alert.model_copy(update={"alert_id": uuid.uuid4(), "camera_id": other["camera"]})
-    await publish(amqp_url, site, key, encode(foreign))
-
-    async def rows() -> list[asyncpg.Record]:
-        async with db_pool.acquire() as conn:
-            return list(await conn.fetch("SELECT * FROM alerts"))
-
-    for _ in range(100):
-        if await rows():
-            break
-        await asyncio.sleep(0.1)
-    letters = await dead_letters(amqp_url, expect=1, queue=ALERTS_QUEUE.dead_letter_queue)
-    await asyncio.sleep(0.5)  # a duplicate would have landed by now
-    (row,) = await rows()
+    row = await once_and_foreign_dead_lettered(
+        db_pool, amqp_url, site, "watchlist_alert", alert, foreign, "alerts",
+        ALERTS_QUEUE.dead_letter_queue,
+    )  # fmt: skip
     assert (row["id"], row["cidade_id"], row["camera_id"], row["read_id"]) == (
         alert.alert_id, site["city"], site["camera"], alert.read_id,
     )  # fmt: skip
     assert (row["plate"], row["listed_plate"], row["match"]) == ("BRA2E19", "BRA2E19", "exact")
     assert int(row["detected_at"].timestamp() * 1000) == alert.detected_ms
-    assert len(letters) == 1 and "not in agent" in str(letters[0]["reason"]), letters
