@@ -128,8 +128,19 @@ GT-Vision is up.
       -d '{{"email": "{email}", "password": "{password}"}}' | python3 -c \\
       'import json,sys; print(json.load(sys.stdin)["token"])')
     curl -s -H "Authorization: Bearer $TOKEN" {api}/api/cameras/{ids["camera_id"]}/segments
+    curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/plates?q={_a_plate(stack)}&mode=exact"
   stop everything:     ./gtv down"""
     )
+
+
+def _a_plate(stack: Stack) -> str:
+    """A plate that drives past the simulated camera (from its ground truth), to search for."""
+    try:
+        truth = json.loads(Path(stack.env()["CAMERA_TRUTH"]).read_text())
+        plate: str = truth["vehicles"][0]["plate"]
+    except (KeyError, IndexError, OSError, ValueError):
+        return "ABC1D23"
+    return plate
 
 
 # ---- down -------------------------------------------------------------------------------------

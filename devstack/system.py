@@ -108,6 +108,8 @@ def write_agent_config(stack_env: Mapping[str, str], state_dir: Path, camera_id:
                 "name": "Câmera de teste",
                 "url": stack_env["CAMERA_RTSP_URL"],
                 "record": {"segment_seconds": 4},
+                # The simulated road has Brazilian plates: read them (5 fps, built-in model).
+                "lpr": {"enabled": True},
             }
         },
     }
