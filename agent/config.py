@@ -189,7 +189,8 @@ class StorageConfig(Strict):
         ge=1,
         le=3650,
         description="How long the store remembers segments whose video is gone (evicted or "
-        "lost) before forgetting their rows; keeps the store from growing without end.",
+        "lost), and plate reads (with their crop files) central has had, before forgetting "
+        "them; keeps the store from growing without end.",
     )
 
     @model_validator(mode="after")

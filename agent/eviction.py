@@ -287,15 +287,21 @@ class Evictor:
             return 0
         self._last_purge_ms = now
         before = now - budget.history_days * 86_400_000
-        forgotten = 0
+        forgotten = reads = 0
         while n := await self.store.purge_history(before, EVICT_BATCH):
             forgotten += n
             await asyncio.sleep(0)  # other store work goes between batches
-        if forgotten:
-            self.history_forgotten += forgotten
-            log.info("store: forgot %d finished segment row(s) older than %d days",
-                     forgotten, budget.history_days)  # fmt: skip
-        return forgotten
+        # Plate reads central has had: crop files first, rows second (a crash between them
+        # leaves rows whose files are gone, which the next pass finishes).
+        while sent := await self.store.sent_plate_reads(before, EVICT_BATCH):
+            await asyncio.to_thread(unlink_files, [Path(c) for _, c in sent if c])
+            reads += await self.store.purge_plate_reads([r for r, _ in sent])
+            await asyncio.sleep(0)
+        if forgotten or reads:
+            self.history_forgotten += forgotten + reads
+            log.info("store: forgot %d finished segment row(s) and %d sent plate read(s) "
+                     "older than %d days", forgotten, reads, budget.history_days)  # fmt: skip
+        return forgotten + reads
 
     async def finish_unlinks(self) -> int:
         """Unlink the files of evicted rows not yet recorded as unlinked (a crash or an error

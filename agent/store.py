@@ -199,6 +199,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX segments_history ON segments (coalesce(unlinked_ms, lost_ms))
         WHERE unlinked_ms IS NOT NULL OR lost_ms IS NOT NULL;
     """,
+    # docs/design/segments.md "History": sent rows by kind and time, for the purge of plate
+    # reads central has had for longer than the history is kept.
+    """
+    CREATE INDEX outbox_sent ON outbox (kind, sent_ms) WHERE sent_ms IS NOT NULL;
+    """,
 ]
 
 TIME_SOURCES = ("live", "recovered")
@@ -963,6 +968,46 @@ class Store:
                 )
 
         await self._run(update)
+
+    async def sent_plate_reads(self, before_ms: int, limit: int = 1000) -> list[tuple[str, str]]:
+        """Plate reads central has had since before ``before_ms`` (the read sent, its crop sent
+        or dropped, or none): (read_id, crop path or ""), for ``purge_plate_reads``."""
+
+        def query() -> list[tuple[str, str]]:
+            rows = self.db.execute(
+                "SELECT p.read_id, coalesce(p.crop_path, '') FROM outbox o"
+                " JOIN plate_reads p ON p.read_id = o.ref_id"
+                " WHERE o.kind = 'plate_read' AND o.sent_ms IS NOT NULL AND o.sent_ms < ?"
+                " AND NOT EXISTS (SELECT 1 FROM outbox c WHERE c.kind = 'crop'"
+                " AND c.ref_id = p.read_id AND c.sent_ms IS NULL AND c.dropped_ms IS NULL)"
+                " LIMIT ?",
+                [before_ms, limit],
+            ).fetchall()
+            return [(r[0], r[1]) for r in rows]
+
+        return await self._run(query)
+
+    async def purge_plate_reads(self, read_ids: list[str]) -> int:
+        """Forget these reads (from ``sent_plate_reads``, their crop files already unlinked)
+        and their read and crop outbox rows, in one transaction. Returns reads forgotten."""
+
+        def purge() -> int:
+            if not read_ids:
+                return 0
+            marks = ",".join("?" * len(read_ids))
+            with self.db.atomic():
+                self.db.execute(
+                    f"DELETE FROM outbox WHERE kind IN ('plate_read', 'crop')"  # noqa: S608
+                    f" AND ref_id IN ({marks})",
+                    read_ids,
+                )
+                n: int = self.db.execute(
+                    f"DELETE FROM plate_reads WHERE read_id IN ({marks})",  # noqa: S608
+                    read_ids,
+                ).rowcount
+            return n
+
+        return await self._run(purge)
 
     async def purge_history(self, before_ms: int, limit: int = 1000) -> int:
         """docs/design/segments.md "History": forget at most ``limit`` segments whose story is
