@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 import aio_pika
@@ -230,26 +231,56 @@ class Consumer:
         self.dead_lettered += 1
 
 
+class Claim(Protocol):
+    """A message naming an object one of the agent's cameras uploaded."""
+
+    @property
+    def agent_id(self) -> UUID: ...
+    @property
+    def camera_id(self) -> UUID: ...
+    @property
+    def blob(self) -> BlobRef: ...
+
+
+ClaimT = TypeVar("ClaimT", bound=Claim)
+
+
 class BlobConsumer(Consumer):
     """A consumer of claim-checks: its messages name objects it verifies in S3."""
+
+    upload_kind: str  # storage.UPLOAD_KINDS: the bucket and key a claim must name
 
     def __init__(self, pool: asyncpg.Pool, s3: Minio) -> None:
         super().__init__(pool)
         self.s3 = s3
+
+    async def verified(
+        self,
+        message: AbstractIncomingMessage,
+        kind: type[ClaimT],
+        object_id: Callable[[ClaimT], UUID],
+    ) -> tuple[ClaimT, UUID, str]:
+        """The message, its city and its object's key, once the envelope, the camera and the
+        object (at the key central would have granted, with the claimed size and SHA-256)
+        are checked."""
+        msg, city = self.envelope(message)
+        assert isinstance(msg, kind)
+        await self.check_camera(msg.agent_id, msg.camera_id, city)
+        bucket, key_of = storage.UPLOAD_KINDS[self.upload_kind]
+        expected = key_of(city, msg.camera_id, object_id(msg))
+        await verify_claim(self.s3, msg.blob, bucket, expected)
+        return msg, city, expected
 
 
 class SegmentConsumer(BlobConsumer):
     """Consumes ``central.segments`` one message at a time: each needs its blob verified."""
 
     queue = SEGMENTS_QUEUE
+    upload_kind = "segment"
     prefetch = 16
 
     async def process(self, message: AbstractIncomingMessage) -> None:
-        seg, city = self.envelope(message)
-        assert isinstance(seg, SegmentRecorded)
-        await self.check_camera(seg.agent_id, seg.camera_id, city)
-        expected = storage.segment_key(city, seg.camera_id, seg.segment_id)
-        await verify_claim(self.s3, seg.blob, "recordings", expected)
+        seg, _, _ = await self.verified(message, SegmentRecorded, lambda m: m.segment_id)
         async with self.pool.acquire() as conn, conn.transaction():
             inserted = await segments.insert_segments(conn, [seg])
             # The run's recording counts the segment in the same commit (central/recordings.py).
@@ -402,14 +433,11 @@ class ThumbnailConsumer(BlobConsumer):
     object it replaces is deleted (mosaics need only the current view)."""
 
     queue = THUMBNAILS_QUEUE
+    upload_kind = "thumbnail"
     prefetch = 16
 
     async def process(self, message: AbstractIncomingMessage) -> None:
-        thumb, city = self.envelope(message)
-        assert isinstance(thumb, ThumbnailTaken)
-        await self.check_camera(thumb.agent_id, thumb.camera_id, city)
-        expected = storage.thumbnail_key(city, thumb.camera_id, thumb.thumbnail_id)
-        await verify_claim(self.s3, thumb.blob, "thumbnails", expected)
+        thumb, _, expected = await self.verified(message, ThumbnailTaken, lambda m: m.thumbnail_id)
         async with self.pool.acquire() as conn, conn.transaction():
             applied, previous, current = await cameras.set_thumbnail(
                 conn, thumb.camera_id, expected, segments.ms_to_dt(thumb.taken_ms)
@@ -428,14 +456,11 @@ class CropConsumer(BlobConsumer):
     not. Keyed by ``read_id``."""
 
     queue = CROPS_QUEUE
+    upload_kind = "crop"
     prefetch = 16
 
     async def process(self, message: AbstractIncomingMessage) -> None:
-        crop, city = self.envelope(message)
-        assert isinstance(crop, PlateCrop)
-        await self.check_camera(crop.agent_id, crop.camera_id, city)
-        expected = storage.crop_key(city, crop.camera_id, crop.read_id)
-        await verify_claim(self.s3, crop.blob, "lpr-images", expected)
+        crop, _, _ = await self.verified(message, PlateCrop, lambda m: m.read_id)
         async with self.pool.acquire() as conn:
             inserted = await crops.insert_crop(conn, crop)
         self.inserted += int(inserted)

@@ -32,7 +32,6 @@ async def record_heartbeat(
     conn: asyncpg.Connection,
     redis: aioredis.Redis | None,
     hb: Heartbeat,
-    now: datetime | None = None,
 ) -> bool:
     """Keep the newest heartbeat (by ``sent_ms``); stale or duplicate ones change nothing.
     The newest also sets the statuses of the agent's cameras: its own, or its city's that no
@@ -43,7 +42,7 @@ async def record_heartbeat(
     # Presence runs on central's clock: an agent's clock may be off by hours (no NTP), which
     # would make it look online long after it died, or never. Its own sent_ms only orders its
     # heartbeats, and the difference is the clock offset central reports (plus transit time).
-    received = now or datetime.now(UTC)
+    received = datetime.now(UTC)
     body = hb.model_dump(mode="json") | {"received_ms": int(received.timestamp() * 1000)}
     newest = await conn.fetchval(
         "UPDATE agents SET last_seen_at = $2, last_heartbeat = $3 WHERE id = $1"

@@ -103,23 +103,24 @@ async def list_entries(conn: asyncpg.Connection, watchlist_id: UUID) -> list[dic
 
 async def put_entry(
     conn: asyncpg.Connection, watchlist_id: UUID, city_id: UUID, plate: str, reason: str
-) -> bool:
-    """Add a canonical plate (or update its reason). True if it was new.
+) -> dict[str, Any]:
+    """Add a canonical plate (or update its reason); returns the entry (plate, reason,
+    added_at).
 
     ValueError when the city's lists would hold more than :data:`MAX_CITY_PLATES` entries."""
     async with conn.transaction():
         # Serialise a city's changes: the count check and the version bump stay consistent.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1::text))", str(city_id))
-        new: bool = await conn.fetchval(
+        row = await conn.fetchrow(
             "INSERT INTO watchlist_entries (watchlist_id, plate, reason) VALUES ($1, $2, $3)"
             " ON CONFLICT (watchlist_id, plate) DO UPDATE SET reason = EXCLUDED.reason"
-            " RETURNING xmax = 0",
+            " RETURNING plate, reason, added_at, xmax = 0 AS new",
             watchlist_id, plate, reason,
         )  # fmt: skip
-        if new and await _city_plate_count(conn, city_id) > MAX_CITY_PLATES:
+        if row["new"] and await _city_plate_count(conn, city_id) > MAX_CITY_PLATES:
             raise ValueError(f"a city's watchlists hold at most {MAX_CITY_PLATES} plates in all")
         await _bump(conn, city_id)
-    return new
+    return {k: row[k] for k in ("plate", "reason", "added_at")}
 
 
 async def remove_entry(
@@ -142,20 +143,6 @@ async def _city_plate_count(conn: asyncpg.Connection, city_id: UUID) -> int:
         city_id,
     )
     return count
-
-
-async def city_plates(conn: asyncpg.Connection, city_id: UUID) -> tuple[int, list[str]]:
-    """What the city's agents should match: (version, distinct plates, sorted)."""
-    async with conn.transaction(isolation="repeatable_read"):
-        version = await conn.fetchval(
-            "SELECT version FROM watchlist_versions WHERE cidade_id = $1", city_id
-        )
-        rows = await conn.fetch(
-            "SELECT DISTINCT e.plate FROM watchlist_entries e"
-            " JOIN watchlists w ON w.id = e.watchlist_id WHERE w.cidade_id = $1 ORDER BY 1",
-            city_id,
-        )
-    return int(version or 0), [r["plate"] for r in rows]
 
 
 async def city_entries(conn: asyncpg.Connection, city_id: UUID) -> tuple[int, list[dict[str, Any]]]:

@@ -158,12 +158,8 @@ async def put_plate(
     found = await _visible(r, who, watchlist_id)
     async with r.pool.acquire() as conn:
         try:
-            await watchlists.put_entry(
-                conn,
-                watchlist_id,
-                found["cidade_id"],
-                plate,
-                body.reason,
+            entry = await watchlists.put_entry(
+                conn, watchlist_id, found["cidade_id"], plate, body.reason
             )
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
@@ -171,9 +167,6 @@ async def put_plate(
             raise HTTPException(404, "watchlist not found") from None
         await audit.record(
             conn, who.user_id, "watchlist.add", {"watchlist": str(watchlist_id), "plate": plate}
-        )
-        entry = next(
-            e for e in await watchlists.list_entries(conn, watchlist_id) if e["plate"] == plate
         )
     return EntryOut(**entry)
 

@@ -33,8 +33,8 @@ async def test_watchlist_plates_are_checked_versioned_and_audited(
     assert again.status_code == 409 and "name" in again.json()["detail"]
 
     async with db_pool.acquire() as conn:
-        v0, plates0 = await watchlists.city_plates(conn, w["a"])
-    assert plates0 == []
+        v0, entries0 = await watchlists.city_entries(conn, w["a"])
+    assert entries0 == []
     for text in ("abc-1234", "BRA2E19"):
         resp = await http.put(
             f"/api/watchlists/{wl}/plates", json={"plate": text, "reason": "furto"}, headers=op
@@ -53,8 +53,8 @@ async def test_watchlist_plates_are_checked_versioned_and_audited(
     ]
     assert view["entries"] == 2
     async with db_pool.acquire() as conn:
-        v1, plates1 = await watchlists.city_plates(conn, w["a"])
-        assert plates1 == ["ABC1234", "BRA2E19"] and v1 > v0
+        v1, entries1 = await watchlists.city_entries(conn, w["a"])
+        assert [e["plate"] for e in entries1] == ["ABC1234", "BRA2E19"] and v1 > v0
         actions = [
             r["action"]
             for r in await conn.fetch(
@@ -69,8 +69,8 @@ async def test_watchlist_plates_are_checked_versioned_and_audited(
         await http.delete(f"/api/watchlists/{wl}/plates/ABC1234", headers=op)
     ).status_code == 404
     async with db_pool.acquire() as conn:
-        v2, plates2 = await watchlists.city_plates(conn, w["a"])
-    assert plates2 == ["BRA2E19"] and v2 > v1
+        v2, entries2 = await watchlists.city_entries(conn, w["a"])
+    assert [e["plate"] for e in entries2] == ["BRA2E19"] and v2 > v1
 
 
 async def test_city_b_watchlists_and_alerts_look_missing(
