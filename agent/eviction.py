@@ -6,7 +6,8 @@ ones oldest first) and takes the fewest that cover it, ``coalesce_losses`` group
 ones into loss events. ``Store.evict`` applies them in one transaction (the recorded step);
 ``Evictor`` measures usage, calls it, then unlinks the files and records that they are gone.
 
-Plate reads and every outbox row other than an evicted segment's own are never touched.
+Plate reads, their crops and every outbox row other than an evicted segment's own are never
+touched; crops count against ``max_bytes`` (video makes room for them).
 """
 
 from __future__ import annotations
@@ -67,17 +68,21 @@ class Budget:
 class Usage:
     used_bytes: int  # registered sizes of the segments the spool holds (not lost, not evicted)
     free_bytes: int  # free on the spool's filesystem for unprivileged writers (statvfs)
+    # Plate reads' evidence crops the agent holds: inside ``max_bytes`` too, never evicted
+    # (video makes room for them; they go with their read's history, docs/design/lpr.md).
+    image_bytes: int = 0
 
 
 def bytes_to_free(usage: Usage, budget: Budget) -> int:
     """How many bytes of video must go for the spool to be within its budget (0: none).
 
-    Both limits apply; the stricter one wins. Never more than the spool holds: what other
-    files take on the filesystem cannot be won back by evicting video.
+    Both limits apply; the stricter one wins; crops count in ``max_bytes``. Never more than
+    the spool holds: what other files take on the filesystem cannot be won back by evicting
+    video.
     """
     need = 0
     if budget.max_bytes is not None:
-        need = max(need, usage.used_bytes - budget.max_bytes)
+        need = max(need, usage.used_bytes + usage.image_bytes - budget.max_bytes)
     if budget.min_free_bytes is not None:
         need = max(need, budget.min_free_bytes - usage.free_bytes)
     return max(0, min(need, usage.used_bytes))
@@ -156,7 +161,7 @@ def capacity_bytes(usage: Usage, budget: Budget) -> int:
     """How many bytes of video the budget lets the spool hold, as things stand."""
     capacity = usage.used_bytes + usage.free_bytes
     if budget.max_bytes is not None:
-        capacity = min(capacity, budget.max_bytes)
+        capacity = min(capacity, budget.max_bytes - usage.image_bytes)
     if budget.min_free_bytes is not None:
         capacity = min(capacity, usage.used_bytes + usage.free_bytes - budget.min_free_bytes)
     return max(0, capacity)
@@ -255,7 +260,8 @@ class Evictor:
 
     async def usage(self) -> Usage:
         live = await self.store.spool_usage()
-        return Usage(live.live_bytes, await asyncio.to_thread(free_bytes, self.spool))
+        free = await asyncio.to_thread(free_bytes, self.spool)
+        return Usage(live.live_bytes, free, live.crop_bytes)
 
     async def check(self) -> list[Eviction]:
         """One budget check: finish unlinks a crash left, then evict until within budget."""
@@ -365,6 +371,7 @@ class Evictor:
             "min_free_bytes": budget.min_free_bytes,
             "used_bytes": usage.used_bytes,
             "free_bytes": usage.free_bytes,
+            "crop_bytes": usage.image_bytes,
             "segments": live.live_segments,
             "capacity_bytes": capacity,
             "bytes_per_day": None if rate is None else round(rate),

@@ -204,6 +204,23 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX outbox_sent ON outbox (kind, sent_ms) WHERE sent_ms IS NOT NULL;
     """,
+    # docs/design/lpr.md "Persistence": the bytes of the evidence crops the agent holds, kept
+    # by triggers beside the video's, so the disk budget counts them.
+    """
+    ALTER TABLE spool_usage ADD COLUMN crop_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE spool_usage SET crop_bytes = (SELECT coalesce(sum(crop_size_bytes), 0)
+        FROM plate_reads WHERE crop_path IS NOT NULL);
+    CREATE TRIGGER plate_reads_crop_insert AFTER INSERT ON plate_reads
+        WHEN NEW.crop_path IS NOT NULL AND NEW.crop_size_bytes IS NOT NULL
+    BEGIN
+        UPDATE spool_usage SET crop_bytes = crop_bytes + NEW.crop_size_bytes;
+    END;
+    CREATE TRIGGER plate_reads_crop_delete AFTER DELETE ON plate_reads
+        WHEN OLD.crop_path IS NOT NULL AND OLD.crop_size_bytes IS NOT NULL
+    BEGIN
+        UPDATE spool_usage SET crop_bytes = crop_bytes - OLD.crop_size_bytes;
+    END;
+    """,
 ]
 
 TIME_SOURCES = ("live", "recovered")
@@ -273,6 +290,7 @@ class SpoolUsage:
     evicted_segments: int  # since the store was created
     evicted_bytes: int
     evicted_unsynced: int  # of those, never synced: recorded as losses
+    crop_bytes: int = 0  # plate reads' evidence crops held (not evictable)
 
 
 @dataclass(frozen=True)
@@ -444,10 +462,12 @@ class Store:
         limit: int,
         after: tuple[int, int] | None = None,
         below: int | None = None,
+        through: int | None = None,
     ) -> list[RawOutboxRow]:
         """Unsent rows of ``kinds`` in sending order, after (priority, id) ``after`` if given:
         the relay reads on past the rows it has in flight without reading them again. With
-        ``below``, only rows of a priority under it (more urgent rows that came meanwhile)."""
+        ``below``, only rows of a priority under it (more urgent rows that came meanwhile);
+        with ``through``, only rows of an id up to it (the backlog a drain started with)."""
         marks = ", ".join("?" * len(kinds))
         # "+kind": not the (kind, ref_id) index, which would read every row of the kinds ever
         # sent and sort them; the pending index holds only unsent rows, in sending order.
@@ -457,13 +477,24 @@ class Store:
             "AND priority >= ? "
             + ("AND (priority, id) > (?, ?) " if after is not None else "")
             + ("AND priority < ? " if below is not None else "")
+            + ("AND id <= ? " if through is not None else "")
             + "ORDER BY priority, id LIMIT ?"
         )
         lowest = min(PRIORITY.get(k, 0) for k in kinds)
-        params = [*kinds, lowest, *(after or ()), *(() if below is None else (below,)), limit]
+        params = [*kinds, lowest, *(after or ())]
+        params += [v for v in (below, through) if v is not None] + [limit]
 
         def query() -> list[RawOutboxRow]:
             return [RawOutboxRow(*r) for r in self.db.execute(sql, params).fetchall()]
+
+        return await self._run(query)
+
+    async def outbox_head(self) -> int:
+        """The newest outbox row's id (0 if none): rows written later have higher ids."""
+
+        def query() -> int:
+            row = self.db.execute("SELECT max(id) FROM outbox").fetchone()
+            return int(row[0] or 0)
 
         return await self._run(query)
 
@@ -764,7 +795,7 @@ class Store:
         def query() -> SpoolUsage:
             row = self.db.execute(
                 "SELECT live_segments, live_bytes, evicted_segments, evicted_bytes, "
-                "evicted_unsynced FROM spool_usage WHERE id = 1"
+                "evicted_unsynced, crop_bytes FROM spool_usage WHERE id = 1"
             ).fetchone()
             return SpoolUsage(*(int(v) for v in row))
 

@@ -80,6 +80,10 @@ def test_bytes_to_free_takes_the_stricter_limit_and_never_more_than_the_spool() 
     # Other files filled the disk: evicting all video is the most that can be done.
     assert bytes_to_free(usage, Budget(min_free_bytes=10_000)) == 1000
     assert bytes_to_free(Usage(0, 0), Budget(max_bytes=1, min_free_bytes=10)) == 0
+    # Crops count in max_bytes and are never evicted: video makes room for them.
+    with_crops = Usage(used_bytes=1000, free_bytes=500, image_bytes=200)
+    assert bytes_to_free(with_crops, Budget(max_bytes=1000)) == 200
+    assert bytes_to_free(with_crops, Budget(max_bytes=100)) == 1000
 
 
 @pytest.mark.timeout(10)
@@ -121,6 +125,8 @@ def test_retention_from_measured_bitrate_and_budget() -> None:
     assert capacity_bytes(usage, Budget(min_free_bytes=200 * MIB)) == 800 * MIB
     assert capacity_bytes(usage, Budget(480 * MIB, 700 * MIB)) == 300 * MIB
     assert capacity_bytes(usage, Budget(min_free_bytes=2000 * MIB)) == 0
+    crops = Usage(used_bytes=100 * MIB, free_bytes=900 * MIB, image_bytes=30 * MIB)
+    assert capacity_bytes(crops, Budget(max_bytes=480 * MIB)) == 450 * MIB
     assert retention_days(480 * MIB, rate) == 2.0
     assert retention_days(480 * MIB, None) is None
 

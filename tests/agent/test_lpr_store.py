@@ -105,6 +105,29 @@ async def test_alert_is_queued_first_with_its_read(store: Store, tmp_path: Path)
     assert PRIORITY["alert"] < PRIORITY["plate_read"]
 
 
+async def test_crops_count_in_the_spool_until_their_reads_are_forgotten(
+    store: Store, tmp_path: Path
+) -> None:
+    seg = make_segment(tmp_path)
+    await store.add_segment(seg)
+    with_crop = lpr_read(seg.camera_id, seg.start_ms + 500)
+    without = replace(lpr_read(seg.camera_id, seg.start_ms + 900, "ABC1234"),
+                      crop_path=None, crop_size_bytes=None, crop_sha256=None)  # fmt: skip
+    await store.add_lpr_read(with_crop, [], hold_ms=60_000)
+    await store.add_lpr_read(without, [], hold_ms=60_000)
+    usage = await store.spool_usage()
+    assert (usage.crop_bytes, usage.live_bytes) == (1234, seg.size_bytes)
+    # Once central has had them past the history, the rows (and files) go and so do the bytes.
+    await store.release_plate_reads()
+    for row in await store.pending():
+        if row.kind in ("plate_read", "crop"):
+            await store.mark_sent(row.id)
+    sent = await store.sent_plate_reads(time.time_ns() // 1_000_000 + 1, 100)
+    assert {r for r, _ in sent} == {str(with_crop.read_id), str(without.read_id)}
+    assert await store.purge_plate_reads([r for r, _ in sent]) == 2
+    assert (await store.spool_usage()).crop_bytes == 0
+
+
 async def test_watchlist_loader_replaces_the_list(store: Store) -> None:
     assert await store.watchlist() == []
     list_id = uuid.uuid4()
