@@ -243,7 +243,8 @@ def e2e(args: argparse.Namespace) -> dict[str, Any]:
         st = run["status"][key]
         print(f"  {key}: read {len(set(read) & set(plates))}/{len(plates)} cars, "
               f"{sum(p not in plates for p in read)} phantom; frames in {st['frames_in']}, "
-              f"read {st['frames_read']}, dropped {st['frames_dropped']}")  # fmt: skip
+              f"read {st['frames_read']}, dropped {st['frames_dropped']}, "
+              f"plates coasted {st['plates_coasted']}")  # fmt: skip
     seconds = args.seconds
     lpr_frames = sum(st["frames_read"] for st in run["status"].values())
     cpu = run["self_cpu_s"] + run["lpr_ffmpeg_cpu_s"] + run["rec_ffmpeg_cpu_s"]
@@ -256,6 +257,7 @@ def e2e(args: argparse.Namespace) -> dict[str, Any]:
         "e2e_repeated": repeated,
         "e2e_frames_read": lpr_frames,
         "e2e_frames_dropped": sum(st["frames_dropped"] for st in run["status"].values()),
+        "e2e_plates_coasted": sum(st["plates_coasted"] for st in run["status"].values()),
         "e2e_cores_used": round(cpu / seconds, 2),
         "e2e_cores_python": round(run["self_cpu_s"] / seconds, 2),
         "e2e_cores_lpr_ffmpeg": round(run["lpr_ffmpeg_cpu_s"] / seconds, 2),

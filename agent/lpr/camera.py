@@ -248,6 +248,7 @@ class LprCamera:
         self.reads = 0
         self.alerts = 0
         self.frame_ms = 0.0  # last frame's reading time
+        self.coasted = 0  # plate candidates a settled track took without reading them
         self._pending: set[Future[None]] = set()
         # A read waits this long for the segment holding its frame before it is sent unlinked.
         self.hold_ms = (2 * camera.record.segment_seconds + 10) * 1000
@@ -260,6 +261,7 @@ class LprCamera:
             "frames_read": self.frames_read,
             "frames_dropped": self.queue.dropped,
             "frame_errors": self.frame_errors,
+            "plates_coasted": self.coasted,
             "reads": self.reads,
             "alerts": self.alerts,
             "last_frame_ms": round(self.frame_ms, 1),
@@ -327,13 +329,14 @@ class LprCamera:
                 ts_ms, frame = item
                 started = time.perf_counter()
                 try:
-                    result = reader.read(frame)
+                    result = reader.read(frame, functools.partial(tracker.coast, ts_ms))
                 except Exception as exc:  # one bad frame must not end the camera's LPR
                     self.frame_errors += 1
                     self.last_error = f"reading a frame failed: {type(exc).__name__}: {exc}"
                     log.exception("lpr camera=%s: reading a frame failed", self.key)
                     continue
                 done = tracker.update(ts_ms, result.reads, functools.partial(evidence, frame))
+                self.coasted = tracker.coasted
                 self.frame_ms = (time.perf_counter() - started) * 1000
                 self.frames_read += 1
             if done:

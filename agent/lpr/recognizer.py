@@ -14,6 +14,7 @@ colours (Mercosul's blue band) deciding look-alikes in the fifth position.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,7 @@ class PlateCandidate:
 class FrameResult:
     reads: list[PlateCandidate] = field(default_factory=list)
     candidates: int = 0
+    skipped: int = 0  # candidates not read (``skip``)
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,7 @@ def find_candidates(frame: Image, limit: int) -> list[LineCandidate]:
             round(tw + 4),
             round(th + tw * abs(math.sin(math.radians(angle))) + 4),
         )
-        if any(_iou(box, o.box) > 0.3 for o in out):
+        if any(iou(box, o.box) > 0.3 for o in out):
             continue
         patch = _level(frame, c, angle, size)
         dx, dy = round(tw * 0.06), round(th * 0.18)
@@ -287,7 +289,7 @@ def find_candidates(frame: Image, limit: int) -> list[LineCandidate]:
     return out
 
 
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
     ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
@@ -340,9 +342,16 @@ class PlateReader:
         self._keep_chars = [chars[i] for i in self._keep]
         self._alnum_cols = {c: j for j, c in enumerate(self._keep_chars) if c in _ALNUM and c}
 
-    def read(self, frame: Image) -> FrameResult:
+    def read(
+        self, frame: Image, skip: Callable[[tuple[int, int, int, int]], bool] | None = None
+    ) -> FrameResult:
+        """The plates on a frame. ``skip`` may spare candidates from being read (the tracker
+        already knows what they say: ``PlateTracker.coast``)."""
         lines = find_candidates(frame, self.max_candidates)
         result = FrameResult(candidates=len(lines))
+        if skip is not None:
+            lines = [line for line in lines if not skip(line.box)]
+            result.skipped = result.candidates - len(lines)
         if not lines:
             return result
         texts = self._recognise([line.crop for line in lines])

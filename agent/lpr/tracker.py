@@ -1,7 +1,14 @@
 """One plate read per vehicle passage: frame reads are grouped into tracks (same or nearly the
 same text, or a box close to where the track was), the text is voted over the track, and a
 track is emitted once it has not been seen for ``gap_ms``. A per-camera suppression window drops
-a plate emitted again soon after (a car waiting at a light, a camera seeing it twice)."""
+a plate emitted again soon after (a car waiting at a light, a camera seeing it twice).
+
+A *settled* track (its text read the same at least ``SETTLED_READS`` times, at least
+``SETTLED_SHARE`` of its votes) need not be read on every frame: a candidate where the track
+is expected next (its box moved by the track's last velocity, overlapping by ``COAST_IOU``)
+extends it without being read (``coast``), at most ``MAX_COASTS`` frames in a row, so the
+text is still checked on every third frame and a different vehicle taking its place is read
+within a fraction of a second. Reading is most of a frame's cost once plates are found."""
 
 from __future__ import annotations
 
@@ -9,8 +16,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.lpr.recognizer import PlateCandidate
+from agent.lpr.recognizer import PlateCandidate, iou
 from shared.plates import edit_distance
+
+Box = tuple[int, int, int, int]
+
+SETTLED_READS = 3
+SETTLED_SHARE = 0.8
+COAST_IOU = 0.5
+MAX_COASTS = 2
 
 
 @dataclass(frozen=True)
@@ -39,16 +53,43 @@ class _Track:
         default_factory=dict
     )
     hits: int = 0
+    coasts: int = 0  # frames in a row extended without a read
+    coasted_ms: int | None = None  # the frame it was last extended on without a read
+    velocity: tuple[float, float] = (0.0, 0.0)  # px per ms of the box's centre
+
+    def moved(self, box: Box, ts_ms: int) -> None:
+        dt = ts_ms - self.last_ms
+        if dt > 0:
+            self.velocity = (
+                (box[0] + box[2] / 2 - self.box[0] - self.box[2] / 2) / dt,
+                (box[1] + box[3] / 2 - self.box[1] - self.box[3] / 2) / dt,
+            )
+        self.last_ms = ts_ms
+        self.box = box
 
     def add(self, read: PlateCandidate, ts_ms: int, crop: bytes | None) -> None:
         self.hits += 1
-        self.last_ms = ts_ms
-        self.box = read.box
+        self.coasts = 0
+        self.moved(read.box, ts_ms)
         self.votes[read.plate] += read.confidence
         self.counts[read.plate] += 1
         held = self.best.get(read.plate)
         if held is None or read.confidence > held[0]:
             self.best[read.plate] = (read.confidence, ts_ms, read.box, crop)
+
+    def settled(self) -> bool:
+        plate = max(self.counts, key=lambda p: self.counts[p], default=None)
+        return (
+            plate is not None
+            and self.counts[plate] >= SETTLED_READS
+            and self.votes[plate] >= SETTLED_SHARE * sum(self.votes.values())
+        )
+
+    def expected(self, ts_ms: int) -> Box:
+        """Where the box should be at ``ts_ms``, at the track's last velocity."""
+        dt = ts_ms - self.last_ms
+        x, y, w, h = self.box
+        return (round(x + self.velocity[0] * dt), round(y + self.velocity[1] * dt), w, h)
 
     def near(self, box: tuple[int, int, int, int], ts_ms: int, max_speed: float) -> bool:
         """Within the distance a plate can travel since last seen (``max_speed`` plate widths
@@ -81,10 +122,33 @@ class PlateTracker:
         self._emitted: dict[str, int] = {}  # plate -> last_ms of its last passage
         self.suppressed = 0
         self.discarded = 0  # tracks too weak to report
+        self.coasted = 0  # candidates not read: a settled track extended instead
 
     @property
     def open_tracks(self) -> int:
         return len(self._tracks)
+
+    def coast(self, ts_ms: int, box: Box) -> bool:
+        """True if a settled track is where ``box`` is on the frame at ``ts_ms``: the track
+        is extended to it and the candidate need not be read (``PlateReader.read``'s
+        ``skip``). One candidate a track per frame; ``MAX_COASTS`` frames in a row at most."""
+        best: tuple[float, _Track] | None = None
+        for track in self._tracks:
+            if track.coasted_ms == ts_ms or track.coasts >= MAX_COASTS or ts_ms <= track.last_ms:
+                continue
+            if ts_ms - track.last_ms > self.gap_ms or not track.settled():
+                continue
+            overlap = iou(track.expected(ts_ms), box)
+            if overlap >= COAST_IOU and (best is None or overlap > best[0]):
+                best = (overlap, track)
+        if best is None:
+            return False
+        track = best[1]
+        track.coasts += 1
+        track.coasted_ms = ts_ms
+        track.moved(box, ts_ms)
+        self.coasted += 1
+        return True
 
     def update(
         self,
@@ -95,7 +159,8 @@ class PlateTracker:
         """Add one frame's reads (``crop`` makes a read's evidence JPEG, asked only for a
         track's best read so far); returns the passages that ended before this frame."""
         done = self._expire(ts_ms)
-        taken: set[int] = set()
+        # a track extended on this frame without a read takes no read of it either
+        taken: set[int] = {id(t) for t in self._tracks if t.coasted_ms == ts_ms}
         for read in sorted(reads, key=lambda r: -r.confidence):
             track = self._match(read, ts_ms, taken)
             if track is None:

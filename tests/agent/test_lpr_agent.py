@@ -156,8 +156,8 @@ def test_bad_model_is_a_clear_error_at_start_up(camera: Any, tmp_path: Path, pro
 class SlowReader(PlateReader):
     """The real reader, then a pause: a box too slow for the frames it is given."""
 
-    def read(self, frame: Image) -> FrameResult:
-        result = super().read(frame)
+    def read(self, frame: Image, skip: Any = None) -> FrameResult:
+        result = super().read(frame, skip)
         time.sleep(0.4)
         return result
 

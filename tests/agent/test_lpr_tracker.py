@@ -56,3 +56,36 @@ def test_flush_ends_open_tracks() -> None:
     tracker = PlateTracker()
     run(tracker, [(0, [read("BRA2E19", 100)]), (200, [read("BRA2E19", 140)])])
     assert [p.plate for p in tracker.flush()] == ["BRA2E19"] and tracker.open_tracks == 0
+
+
+def test_settled_track_coasts_but_reads_every_third_frame_and_only_where_expected() -> None:
+    tracker = PlateTracker()
+    # Three agreeing reads, moving 40 px a frame: the track is settled.
+    run(tracker, [(ts, [read("BRA2E19", 100 + ts // 5)]) for ts in (0, 200, 400)])
+    # Where the track is expected next (x = 220): not read. Far from it, or in a frame
+    # already taken by the track: read.
+    assert tracker.coast(600, (220, 300, 120, 24))
+    assert not tracker.coast(600, (224, 300, 120, 24))  # one candidate a track per frame
+    assert not tracker.coast(600, (700, 300, 120, 24))  # another car: read
+    run(tracker, [(600, [])])
+    assert tracker.coast(800, (262, 302, 120, 24))  # the velocity carries it on
+    run(tracker, [(800, [])])
+    # Two frames in a row without a read: the third is read again.
+    assert not tracker.coast(1000, (300, 300, 120, 24))
+    run(tracker, [(1000, [read("BRA2E19", 300)])])
+    assert tracker.coast(1200, (340, 300, 120, 24))
+    passages = tracker.update(5000, [])
+    assert [(p.plate, p.first_ms, p.last_ms, p.hits) for p in passages] == [("BRA2E19", 0, 1200, 4)]
+    assert tracker.coasted == 3
+
+
+def test_unsettled_track_is_always_read() -> None:
+    tracker = PlateTracker()
+    # disagreeing reads: no text has three votes yet
+    run(tracker, [(0, [read("BRA2E19", 100)]), (200, [read("BRA2E18", 140, 0.9)])])
+    assert not tracker.coast(400, (180, 300, 120, 24))
+    run(tracker, [(400, [read("BRA2E19", 180)]), (600, [read("BRA2E19", 220)])])
+    # three agreeing votes, but a fifth of the weight dissents: still read
+    assert not tracker.coast(800, (260, 300, 120, 24))
+    run(tracker, [(800, [read("BRA2E19", 260)])])
+    assert tracker.coast(1000, (300, 300, 120, 24))
