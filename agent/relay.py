@@ -261,7 +261,9 @@ class Relay:
         the rest in flight finish, the acked ones are marked and RelayError is raised.
 
         Rows more urgent than the read position that arrive meanwhile (an alert during a long
-        drain of plate reads) are read and sent first, without losing the position.
+        drain of plate reads) are read and sent first, without losing the position. Rows of the
+        position's priority written after the pump began (live plate reads during a drain) go
+        ahead of the rest of the backlog it began with: a live read never waits behind it.
         """
         exchange = await self._messages_link.exchange()
         window = asyncio.Semaphore(self.window)
@@ -271,19 +273,37 @@ class Relay:
         failed: list[tuple[list[int], BaseException]] = []
         marking: asyncio.Task[int] | None = None
         marked = 0
-        after: tuple[int, int] | None = None
+        head: int | None = None  # the newest outbox row when the pump began
+        after: tuple[int, int] | None = None  # read position in the backlog (ids up to head)
+        backlog_read = False  # every backlog row has been read
+        live: tuple[int, int] | None = None  # read position among the rows newer than head
 
         async def fetch() -> list[RawOutboxRow]:
-            nonlocal after
+            nonlocal head, after, backlog_read, live
+            if head is None:
+                head = await self.store.outbox_head()
+            fresh: list[RawOutboxRow] = []
             if after is not None:
                 urgent = await self.store.pending_of(MESSAGE_ONLY_KINDS, FETCH_ROWS, below=after[0])
                 urgent = [r for r in urgent if r.id not in outstanding]
                 if urgent:
                     return urgent
-            rows = await self.store.pending_of(MESSAGE_ONLY_KINDS, FETCH_ROWS, after)
+                # Newer rows of the position's priority, ahead of the rest of the backlog.
+                if live is None or live[0] != after[0]:
+                    live = (after[0], head)
+                fresh = await self.store.pending_of(
+                    MESSAGE_ONLY_KINDS, FETCH_ROWS, live, below=after[0] + 1
+                )
+                if fresh:
+                    live = (fresh[-1].priority, fresh[-1].id)
+            if backlog_read or len(fresh) >= FETCH_ROWS:
+                return fresh
+            limit = FETCH_ROWS - len(fresh)
+            rows = await self.store.pending_of(MESSAGE_ONLY_KINDS, limit, after, through=head)
+            backlog_read = len(rows) < limit
             if rows:
                 after = (rows[-1].priority, rows[-1].id)
-            return rows
+            return fresh + rows
 
         async def mark(ids: list[int]) -> int:
             n = await self._mark(ids)

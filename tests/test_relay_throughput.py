@@ -5,10 +5,12 @@ bandwidth cap on uploads that never holds plate reads back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,47 @@ async def wait_reads(pool: asyncpg.Pool, camera: uuid.UUID, n: int, timeout_s: f
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)  # a duplicate would land by now
     return await lpr_count(pool, camera)
+
+
+class ArrivingStore(Store):
+    """Runs ``arrive`` once, just after the first read of the outbox that found rows (rows
+    committed while a drain is under way)."""
+
+    def __init__(
+        self, path: Path, agent_id: uuid.UUID, arrive: Callable[[Store], Awaitable[None]]
+    ) -> None:
+        super().__init__(path, agent_id)
+        self._arrive: Callable[[Store], Awaitable[None]] | None = arrive
+
+    async def pending_of(self, *args: Any, **kwargs: Any) -> list[RawOutboxRow]:
+        rows = await super().pending_of(*args, **kwargs)
+        if rows and self._arrive is not None:
+            arrive, self._arrive = self._arrive, None
+            await arrive(self)
+        return rows
+
+
+@contextlib.asynccontextmanager
+async def drain_recorded(
+    site: dict[str, Any], amqp_url: str, tmp_path: Path, arrive: Callable[[Store], Awaitable[None]]
+) -> AsyncIterator[tuple[Store, Relay, list[str]]]:
+    """An open ArrivingStore, a relay on it and the message ids it publishes, in order."""
+    store = ArrivingStore(tmp_path / "agent.sqlite3", site["agent"], arrive)
+    await store.open()
+    relay = Relay(agent_config(site, amqp_url, tmp_path), store)
+    order: list[str] = []
+    publish = relay._publish
+
+    async def recording(exchange: Any, body: bytes, key: str, message_id: str) -> None:
+        order.append(message_id)
+        await publish(exchange, body, key, message_id)
+
+    relay._publish = recording  # type: ignore[method-assign]
+    try:
+        yield store, relay, order
+    finally:
+        await relay.close()
+        await store.close()
 
 
 def test_runs_of_plate_reads_become_batches_in_order(tmp_path: Path) -> None:
@@ -142,30 +185,10 @@ async def test_urgent_rows_overtake_a_long_drain(
     site = await make_city(db_pool, broker_admin, "Ourinhos")
     urgent = [plate_read(site, f"URG{n:04d}") for n in range(10)]
 
-    class ArrivingStore(Store):
-        """Urgent rows are committed just after the drain's first read of the outbox."""
+    async def arrive(store: Store) -> None:
+        await store.add_plate_reads(urgent)
 
-        arrived = False
-
-        async def pending_of(self, *args: Any, **kwargs: Any) -> list[RawOutboxRow]:
-            rows = await super().pending_of(*args, **kwargs)
-            if rows and not self.arrived:
-                self.arrived = True
-                await self.add_plate_reads(urgent)
-            return rows
-
-    store = ArrivingStore(tmp_path / "agent.sqlite3", site["agent"])
-    await store.open()
-    relay = Relay(agent_config(site, amqp_url, tmp_path), store)
-    order: list[str] = []
-    publish = relay._publish
-
-    async def recording(exchange: Any, body: bytes, key: str, message_id: str) -> None:
-        order.append(message_id)
-        await publish(exchange, body, key, message_id)
-
-    relay._publish = recording  # type: ignore[method-assign]
-    try:
+    async with drain_recorded(site, amqp_url, tmp_path, arrive) as (store, relay, order):
         backlog = [plate_read(site, f"LOW{n:04d}") for n in range(1500)]
         await store.add_plate_reads(backlog)
         # The backlog ranks below plate reads from now on (as loss events do).
@@ -175,9 +198,6 @@ async def test_urgent_rows_overtake_a_long_drain(
         assert len(order) == 16
         assert order[5] == f"plate_read_batch:{urgent[0].read_id}+9"
         assert await wait_reads(db_pool, site["camera"], 1510, 60) == 1510
-    finally:
-        await relay.close()
-        await store.close()
 
 
 async def test_batches_redelivered_or_forged_or_oversized(

@@ -74,6 +74,39 @@ async def test_pending_in_priority_then_age_order(store: Store, tmp_path: Path) 
 
 
 @pytest.mark.timeout(30)
+async def test_pending_of_through_the_head_leaves_newer_rows(store: Store) -> None:
+    """The relay's backlog read stops at the newest row of its start (``outbox_head``); rows
+    written later are read apart, from their own position, within their priority."""
+    from shared.messages import PlateRead
+
+    def reads(n: int) -> list[PlateRead]:
+        return [
+            PlateRead(read_id=uuid.uuid4(), agent_id=uuid.uuid4(), camera_id=uuid.uuid4(),
+                      plate="BRA2E19", confidence=0.9, seen_ms=1_700_000_000_000)
+            for _ in range(n)
+        ]  # fmt: skip
+
+    kinds = ("plate_read", "loss_event")
+    assert await store.outbox_head() == 0
+    await store.add_plate_reads(reads(5))
+    head = await store.outbox_head()
+    old = await store.pending_of(kinds, 100, through=head)
+    assert len(old) == 5 and old[-1].id == head
+    await store.add_plate_reads(reads(3))
+    assert await store.outbox_head() == head + 3
+    # The backlog read, from its position, never reaches the newer rows.
+    rest = await store.pending_of(kinds, 100, (old[1].priority, old[1].id), through=head)
+    assert [r.id for r in rest] == [r.id for r in old[2:]]
+    assert await store.pending_of(kinds, 100, (old[-1].priority, old[-1].id), through=head) == []
+    # The newer rows of the priority, after the head.
+    p = PRIORITY["plate_read"]
+    newer = await store.pending_of(kinds, 100, (p, head), below=p + 1)
+    assert [r.id for r in newer] == [head + 1, head + 2, head + 3]
+    await store.mark_sent_many([r.id for r in old])
+    assert await store.pending_of(kinds, 100, through=head) == []
+
+
+@pytest.mark.timeout(30)
 async def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
     s = Store(tmp_path / "a.sqlite3")
     await s.open()
