@@ -293,7 +293,7 @@ class Evictor:
             return 0
         self._last_purge_ms = now
         before = now - budget.history_days * 86_400_000
-        forgotten = reads = 0
+        forgotten = reads = rows = 0
         while n := await self.store.purge_history(before, EVICT_BATCH):
             forgotten += n
             await asyncio.sleep(0)  # other store work goes between batches
@@ -303,11 +303,16 @@ class Evictor:
             await asyncio.to_thread(unlink_files, [Path(c) for _, c in sent if c])
             reads += await self.store.purge_plate_reads([r for r, _ in sent])
             await asyncio.sleep(0)
-        if forgotten or reads:
-            self.history_forgotten += forgotten + reads
-            log.info("store: forgot %d finished segment row(s) and %d sent plate read(s) "
-                     "older than %d days", forgotten, reads, budget.history_days)  # fmt: skip
-        return forgotten + reads
+        # Thumbnails, loss events and alerts central has had (or superseded thumbnails).
+        while n := await self.store.purge_sent_rows(before, EVICT_BATCH):
+            rows += n
+            await asyncio.sleep(0)
+        if forgotten or reads or rows:
+            self.history_forgotten += forgotten + reads + rows
+            log.info("store: forgot %d finished segment row(s), %d sent plate read(s) and %d "
+                     "other sent row(s) older than %d days",
+                     forgotten, reads, rows, budget.history_days)  # fmt: skip
+        return forgotten + reads + rows
 
     async def finish_unlinks(self) -> int:
         """Unlink the files of evicted rows not yet recorded as unlinked (a crash or an error

@@ -221,6 +221,11 @@ MIGRATIONS: list[str] = [
         UPDATE spool_usage SET crop_bytes = crop_bytes - OLD.crop_size_bytes;
     END;
     """,
+    # docs/design/segments.md "History": dropped rows by time (superseded thumbnails), for the
+    # purge of rows that leave nothing behind.
+    """
+    CREATE INDEX outbox_dropped ON outbox (dropped_ms) WHERE dropped_ms IS NOT NULL;
+    """,
 ]
 
 TIME_SOURCES = ("live", "recovered")
@@ -1072,6 +1077,25 @@ class Store:
                     runs,
                 )
             return len(ids)
+
+        return await self._run(purge)
+
+    async def purge_sent_rows(self, before_ms: int, limit: int = 1000) -> int:
+        """docs/design/segments.md "History": forget at most ``limit`` outbox rows of the kinds
+        that leave nothing behind on the agent (thumbnails, loss events, watchlist alerts) sent
+        or dropped before ``before_ms``. Unsent rows are never touched. Returns rows forgotten."""
+
+        def purge() -> int:
+            with self.db.atomic():
+                cur = self.db.execute(
+                    "DELETE FROM outbox WHERE id IN ("
+                    " SELECT id FROM outbox WHERE kind IN ('thumbnail', 'loss_event',"
+                    " 'watchlist_alert') AND sent_ms IS NOT NULL AND sent_ms < ?"
+                    " UNION ALL SELECT id FROM outbox WHERE dropped_ms IS NOT NULL"
+                    " AND dropped_ms < ? AND kind = 'thumbnail' LIMIT ?)",
+                    [before_ms, before_ms, limit],
+                )
+                return int(cur.rowcount)
 
         return await self._run(purge)
 

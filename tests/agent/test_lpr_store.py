@@ -154,3 +154,49 @@ def test_watchlist_matching() -> None:
     ]
     assert match_plate("ZZZ9Z99", entries) == []
     assert json.dumps([m.match for m in match_plate("QQQ1Q12", entries)]) == '["possible"]'
+
+
+async def test_history_forgets_sent_alerts_and_thumbnails_never_unsent_rows(
+    store: Store, tmp_path: Path
+) -> None:
+    camera = uuid.uuid4()
+    read = lpr_read(camera, 1_700_000_000_000)
+    alerts = [
+        WatchlistAlert(
+            alert_id=uuid.uuid4(), agent_id=AGENT, camera_id=camera, read_id=read.read_id,
+            plate=read.plate, listed_plate=listed, match="possible", confidence=0.97,
+            detected_ms=read.seen_ms,
+        )
+        for listed in ("BRA2E18", "BRA2E10")
+    ]  # fmt: skip
+    await store.add_lpr_read(read, alerts, hold_ms=60_000)
+
+    def thumb(n: int) -> dict[str, object]:
+        path = str(tmp_path / f"{n}.jpg")
+        return {"thumbnail_id": str(uuid.uuid4()), "camera_id": str(camera), "taken_ms": n,
+                "path": path, "size_bytes": 10, "sha256": "a" * 64}  # fmt: skip
+
+    assert await store.add_thumbnail(thumb(1)) == []
+    assert await store.add_thumbnail(thumb(2)) == [str(tmp_path / "1.jpg")]  # 1 dropped
+    await store.add_thumbnail(thumb(3))  # drops 2
+    pending = {r.ref_id: r for r in await store.pending()}
+    sent_alert = pending[str(alerts[0].alert_id)]
+    await store.mark_sent(sent_alert.id)
+
+    def kinds() -> list[tuple[str, str]]:
+        rows = store.db.execute(
+            "SELECT kind, CASE WHEN sent_ms IS NOT NULL THEN 'sent' WHEN dropped_ms IS NOT NULL"
+            " THEN 'dropped' ELSE 'pending' END FROM outbox ORDER BY id"
+        ).fetchall()
+        return [(str(k), str(s)) for k, s in rows]
+
+    before = await store._run(kinds)
+    assert await store.purge_sent_rows(0) == 0  # nothing is that old
+    assert await store.purge_sent_rows(time.time_ns() // 1_000_000 + 1, limit=1) == 1
+    assert await store.purge_sent_rows(time.time_ns() // 1_000_000 + 1) == 2
+    after = await store._run(kinds)
+    gone = [("watchlist_alert", "sent"), ("thumbnail", "dropped"), ("thumbnail", "dropped")]
+    assert sorted(before) == sorted(after + gone)
+    # the unsent alert, the newest thumbnail and the held read are all still there
+    assert ("watchlist_alert", "pending") in after and ("thumbnail", "pending") in after
+    assert await plate_rows(store) == [(str(read.read_id), None, 1)]
