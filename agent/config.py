@@ -64,12 +64,38 @@ class LprConfig(Strict):
     )
     rec_model: Path | None = Field(
         None,
-        description="A CTC text-recognition ONNX model ([N, 3, H, W] in, [N, T, classes] out) "
-        "instead of the bundled PP-OCRv6; checked at start-up.",
+        description="An ONNX plate reader instead of the bundled PP-OCRv6: a CTC text "
+        "recogniser (float [N, 3, H, W] in, [N, T, classes] out) or a slot reader, "
+        "fast-plate-ocr style (uint8 [N, H, W, C] in, [N, slots, alphabet] or "
+        "[N, slots x alphabet] out); its kind is told from its input; checked at start-up.",
     )
     rec_charset: Path | None = Field(
         None,
-        description="The model's character list (one a line), if its metadata has none.",
+        description="A CTC model's character list (one a line), if its metadata has none.",
+    )
+    rec_alphabet: str | None = Field(
+        None,
+        min_length=2,
+        max_length=200,
+        description="A slot reader's alphabet, one character per output class in order, '_' "
+        "the pad (fast-plate-ocr's global models: 0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_).",
+    )
+    det_model: Path | None = Field(
+        None,
+        description="A YOLO plate-detector ONNX model (float [1, 3, H, W] in; out "
+        "[1, N, 5+classes] as YOLOv5/v7 or [1, 4+classes, N] as YOLOv8/v11); its boxes "
+        "replace the built-in candidate search; checked at start-up. None ships with the "
+        "agent.",
+    )
+    det_conf: float = Field(
+        0.4, gt=0, le=1, description="Detector boxes scoring below this are ignored."
+    )
+    det_iou: float = Field(
+        0.45,
+        gt=0,
+        le=1,
+        description="Detector boxes overlapping a better one by more than this "
+        "(intersection over union) are dropped.",
     )
     min_confidence: float = Field(
         0.6, ge=0, le=1, description="Frame reads below this confidence are ignored."
@@ -101,10 +127,12 @@ class LprConfig(Strict):
     def _models_load(self) -> LprConfig:
         if self.enabled:
             # Imported here: onnxruntime is loaded only by configs that read plates.
-            from agent.lpr.models import ModelError, check_rec_model
+            from agent.lpr.models import ModelError, check_det_model, check_rec_model
 
             try:
-                check_rec_model(self.rec_model, self.rec_charset)
+                check_rec_model(self.rec_model, self.rec_charset, self.rec_alphabet)
+                if self.det_model is not None:
+                    check_det_model(self.det_model)
             except ModelError as exc:
                 raise ValueError(str(exc)) from None
         return self

@@ -42,7 +42,7 @@ import numpy as np
 from pydantic import SecretStr
 
 from agent.config import AgentConfig, CameraConfig, CentralConfig, LprConfig, RecordConfig
-from agent.lpr.models import Recognizer
+from agent.lpr.models import Detector, load_recognizer
 from agent.lpr.recognizer import PlateReader
 from agent.lpr.tracker import PlateTracker
 from agent.service import Agent
@@ -280,8 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=5, help="frames per passage (5 fps, ~1 s)")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--labelled", type=Path, help="folder with labels.csv (real footage)")
-    ap.add_argument("--rec-model", type=Path, help="another CTC recognition model (ONNX)")
-    ap.add_argument("--rec-charset", type=Path, help="its character list, one a line")
+    ap.add_argument(
+        "--rec-model", type=Path, help="another reading model (ONNX): CTC or a slot reader"
+    )
+    ap.add_argument("--rec-charset", type=Path, help="a CTC model's character list, one a line")
+    ap.add_argument("--rec-alphabet", help="a slot reader's alphabet ('_' the pad)")
+    ap.add_argument("--det-model", type=Path, help="a YOLO plate detector (ONNX)")
+    ap.add_argument("--det-conf", type=float, default=0.4, help="--det-model: score threshold")
     ap.add_argument("--e2e", action="store_true", help="also run the agent on the test camera")
     ap.add_argument("--cameras", type=int, default=4, help="--e2e: LPR cameras")
     ap.add_argument("--record", type=int, default=16, help="--e2e: recording-only cameras")
@@ -290,7 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cv2.setNumThreads(1)
-    reader = PlateReader(Recognizer.load(args.rec_model, args.rec_charset))
+    detector = Detector.load(args.det_model, args.det_conf) if args.det_model else None
+    reader = PlateReader(
+        load_recognizer(args.rec_model, args.rec_charset, args.rec_alphabet), detector
+    )
     passages = args.passages or (150 if args.quick else 1000)
     empty = args.empty if args.empty is not None else (400 if args.quick else 2000)
     if args.labelled:
@@ -352,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "frames_per_s_per_core": round(fps_core, 1),
         "wall_s": round(wall_s, 1),
         "model": reader.rec.path.name,
+        "det_model": detector.path.name if detector else None,
         "quick": args.quick,
     }
     if args.e2e:

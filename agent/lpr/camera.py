@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from agent.config import CameraConfig
-from agent.lpr.models import ModelError, Recognizer
+from agent.lpr.models import ModelError, load_models
 from agent.lpr.recognizer import Image, PlateCandidate, PlateReader
 from agent.lpr.tracker import PlatePassage, PlateTracker
 from agent.lpr.watchlist import WatchlistMatcher
@@ -271,7 +271,7 @@ class LprCamera:
     async def run(self) -> None:
         cfg = self.camera.lpr
         try:
-            recognizer = await asyncio.to_thread(Recognizer.load, cfg.rec_model, cfg.rec_charset)
+            recognizer, detector = await asyncio.to_thread(load_models, cfg)
         except ModelError as exc:
             # Config validation loads the model too, so this is a file changed since: the
             # camera keeps recording; LPR says why it is off.
@@ -279,7 +279,7 @@ class LprCamera:
             log.error("lpr camera=%s: %s; plate recognition is off", self.key, exc)
             return
         reader = PlateReader(
-            recognizer, max_candidates=cfg.max_plates, min_confidence=cfg.min_confidence
+            recognizer, detector, max_candidates=cfg.max_plates, min_confidence=cfg.min_confidence
         )
         tracker = PlateTracker(suppress_ms=cfg.suppress_seconds * 1000)
         self.queue = FrameQueue(cfg.queue_frames)

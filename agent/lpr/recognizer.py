@@ -1,6 +1,6 @@
-"""Plate reading on one frame: glyph lines found by OpenCV morphology, levelled, checked for a
-plate's shape, read by a CTC recogniser (PP-OCRv6 by default) and corrected to a Brazilian
-format.
+"""Plate reading on one frame: glyph lines found by OpenCV morphology (or plate boxes from a
+configured YOLO detector), levelled, checked for a plate's shape, read by a CTC recogniser
+(PP-OCRv6 by default) or a slot reader, and corrected to a Brazilian format.
 
 Per frame: grey image (shrunk to at most ``MAX_FRAME_SIDE``) → black-hat (dark glyphs on a
 light plate) → horizontal gradient → closing into text-line blobs → each blob levelled by its
@@ -9,6 +9,10 @@ long over light plate background → the strongest ``max_candidates`` cropped fr
 frame and read in one batch, each squeezed to ``REC_SQUEEZE`` of its width (cost grows with
 width) → per-character probabilities turned into a plate by ``shared.plates``, the plate's
 colours (Mercosul's blue band) deciding look-alikes in the fifth position.
+
+With a detector (``lpr.det_model``) its boxes replace the search over the whole frame: the
+glyph line is searched only inside each box (with a margin), and a box where none is found is
+read as it is. A slot reader reads the whole plate box, as it was trained to.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from agent.lpr.models import FloatArray, Recognizer
+from agent.lpr.models import (
+    SLOT_PAD,
+    Box,
+    Detector,
+    FloatArray,
+    PlateModel,
+    Recognizer,
+    SlotReader,
+)
 from shared.plates import PlateFormat, plate_from_alternatives
 
 Image = npt.NDArray[np.uint8]
@@ -36,6 +48,11 @@ REC_SQUEEZE = 0.55
 PLATE_ASPECT = (2.0, 10.0)  # width / height of the glyph line's box
 MIN_GLYPH_HEIGHT = 8  # px in the shrunk frame
 MAX_TILT_DEG = 20.0  # glyph lines tilted more than this are not searched
+# A detector's box is widened by these shares of its width and height on each side before the
+# glyph line is searched in it (the search looks beside and below the glyphs)...
+DET_SEARCH_MARGIN = (0.2, 0.3)
+# ...and by these when the box itself is read (a detector's box may clip the plate's edge).
+DET_READ_MARGIN = (0.03, 0.06)
 # Characters the reader may emit; punctuation is allowed so that the dash of ``ABC-1234`` does not
 # turn into a glyph, and dropped afterwards.
 _ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -289,6 +306,37 @@ def find_candidates(frame: Image, limit: int) -> list[LineCandidate]:
     return out
 
 
+def _widen(box: Box, margin: tuple[float, float], shape: tuple[int, ...]) -> Box:
+    """``box`` grown by ``margin`` (shares of its width, height) on each side, inside a frame
+    of ``shape``."""
+    x, y, w, h = box
+    mx, my = round(w * margin[0]), round(h * margin[1])
+    x0, y0 = max(0, x - mx), max(0, y - my)
+    x1, y1 = min(shape[1], x + w + mx), min(shape[0], y + h + my)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def detected_candidates(
+    frame: Image, boxes: list[tuple[Box, float]], whole: bool = False
+) -> list[LineCandidate]:
+    """A candidate per detector box, in the boxes' order: the levelled glyph line found inside
+    the box when there is one (``find_candidates`` on the box and its surroundings), else the
+    box itself; with ``whole``, always the box itself (a slot reader reads whole plates), the
+    glyph line only telling the plate's colours."""
+    out: list[LineCandidate] = []
+    for box, score in boxes:
+        sx, sy, sw, sh = _widen(box, DET_SEARCH_MARGIN, frame.shape)
+        lines = find_candidates(np.ascontiguousarray(frame[sy : sy + sh, sx : sx + sw]), 1)
+        band: Image = lines[0].band if lines else np.zeros((0, 0, 3), np.uint8)
+        if lines and not whole:
+            crop = lines[0].crop
+        else:
+            rx, ry, rw, rh = _widen(box, DET_READ_MARGIN, frame.shape)
+            crop = np.ascontiguousarray(frame[ry : ry + rh, rx : rx + rw])
+        out.append(LineCandidate(score, box, crop, band))
+    return out
+
+
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
@@ -329,25 +377,37 @@ class PlateReader:
 
     def __init__(
         self,
-        recognizer: Recognizer,
+        recognizer: PlateModel,
+        detector: Detector | None = None,
         *,
         max_candidates: int = 6,
         min_confidence: float = 0.6,
     ) -> None:
         self.rec = recognizer
+        self.det = detector
         self.max_candidates = max_candidates
         self.min_confidence = min_confidence
-        chars = recognizer.characters
-        self._keep = np.array([i for i, c in enumerate(chars) if i == 0 or c in _KEEP])
-        self._keep_chars = [chars[i] for i in self._keep]
-        self._alnum_cols = {c: j for j, c in enumerate(self._keep_chars) if c in _ALNUM and c}
+        if isinstance(recognizer, Recognizer):
+            chars = recognizer.characters
+            self._keep = np.array([i for i, c in enumerate(chars) if i == 0 or c in _KEEP])
+            self._keep_chars = [chars[i] for i in self._keep]
+            self._alnum_cols = {c: j for j, c in enumerate(self._keep_chars) if c in _ALNUM and c}
+        else:
+            self._alnum_cols = {c: j for j, c in enumerate(recognizer.alphabet) if c in _ALNUM}
+
+    def candidates(self, frame: Image) -> list[LineCandidate]:
+        """What is read on a frame: the detector's boxes when there is one, else glyph lines."""
+        if self.det is None:
+            return find_candidates(frame, self.max_candidates)
+        boxes = self.det.detect(frame, self.max_candidates)
+        return detected_candidates(frame, boxes, whole=isinstance(self.rec, SlotReader))
 
     def read(
         self, frame: Image, skip: Callable[[tuple[int, int, int, int]], bool] | None = None
     ) -> FrameResult:
         """The plates on a frame. ``skip`` may spare candidates from being read (the tracker
         already knows what they say: ``PlateTracker.coast``)."""
-        lines = find_candidates(frame, self.max_candidates)
+        lines = self.candidates(frame)
         result = FrameResult(candidates=len(lines))
         if skip is not None:
             lines = [line for line in lines if not skip(line.box)]
@@ -370,6 +430,8 @@ class PlateReader:
 
     def _recognise(self, crops: list[Image]) -> list[tuple[str, list[dict[str, float]]]]:
         """Each crop's raw text and, per emitted character, its alphanumeric alternatives."""
+        if isinstance(self.rec, SlotReader):
+            return self._read_slots(self.rec, crops)
         height = self.rec.height
         widths = [
             min(
@@ -399,6 +461,30 @@ class PlateReader:
                     positions.append({c: float(row[j]) for c, j in self._alnum_cols.items()})
             prev = int(idx)
         return "".join(raw), positions
+
+    def _read_slots(
+        self, rec: SlotReader, crops: list[Image]
+    ) -> list[tuple[str, list[dict[str, float]]]]:
+        """A slot reader's reads: each crop resized to its input (grey or RGB, uint8), each
+        slot's best character, pad slots dropped."""
+        batch = np.zeros((len(crops), rec.height, rec.width, rec.channels), np.uint8)
+        for i, crop in enumerate(crops):
+            img = cv2.resize(crop, (rec.width, rec.height), interpolation=cv2.INTER_LINEAR)
+            code = cv2.COLOR_BGR2GRAY if rec.channels == 1 else cv2.COLOR_BGR2RGB
+            batch[i] = cv2.cvtColor(img, code).reshape(rec.height, rec.width, rec.channels)
+        texts = []
+        for probs in rec.run(batch):
+            raw: list[str] = []
+            positions: list[dict[str, float]] = []
+            for row in probs:
+                ch = rec.alphabet[int(row.argmax())]
+                if ch == SLOT_PAD:
+                    continue
+                raw.append(ch)
+                if ch in self._alnum_cols:
+                    positions.append({c: float(row[j]) for c, j in self._alnum_cols.items()})
+            texts.append(("".join(raw), positions))
+        return texts
 
 
 def make_batch(crop: Image, height: int) -> FloatArray:
