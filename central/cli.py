@@ -56,6 +56,7 @@ def _serve(service: Service) -> None:
     storage client (buckets created if missing)."""
     from central import storage
     from central.db import create_pool
+    from central.startup import until_up
 
     settings = _settings()
 
@@ -64,11 +65,20 @@ def _serve(service: Service) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        pool = await create_pool(settings.database_url.get_secret_value(), settings.db_pool_max)
-        s3 = storage.make_client(settings)
-        await asyncio.to_thread(storage.ensure_buckets, s3)
+        # Dependencies still starting are waited for (central/startup.py), not crashed on.
+        url = settings.database_url.get_secret_value()
+        pool = await until_up("PostgreSQL", lambda: create_pool(url, settings.db_pool_max), stop)
+        if pool is None:
+            return
         try:
-            await service(settings, pool, s3, stop)
+            s3 = storage.make_client(settings)
+
+            async def buckets() -> bool:
+                await asyncio.to_thread(storage.ensure_buckets, s3)
+                return True
+
+            if await until_up("object storage", buckets, stop):
+                await service(settings, pool, s3, stop)
         finally:
             await pool.close()
 

@@ -34,6 +34,7 @@ from central import (
     segments,
     storage,
 )
+from central.startup import until_up
 from shared.messages import (
     BlobRef,
     Heartbeat,
@@ -546,8 +547,13 @@ async def run_ingest(
     stop: asyncio.Event,
     redis: aioredis.Redis | None = None,
 ) -> list[Consumer]:
-    """Run every consumer until ``stop`` is set. Reconnects by itself (robust connection)."""
-    connection = await aio_pika.connect_robust(amqp_url, heartbeat=10, timeout=10)
+    """Run every consumer until ``stop`` is set. Waits for the broker at start
+    (central/startup.py), then reconnects by itself (robust connection)."""
+    connection = await until_up(
+        "RabbitMQ", lambda: aio_pika.connect_robust(amqp_url, heartbeat=10, timeout=10), stop
+    )
+    if connection is None:
+        return []
     plate_consumer = PlateConsumer(pool)
     consumers: list[Consumer] = [
         SegmentConsumer(pool, s3),
