@@ -73,6 +73,12 @@ IDLE_POLL_S = 0.5
 UPLOAD_TIMEOUT_S = 120.0
 # Paced uploads go in chunks of at most this (smaller under a low cap, for an even rate).
 UPLOAD_CHUNK_BYTES = 64 * 1024
+# A part of a multipart upload that fails is tried again up to this many times, after 0.5 s,
+# then 1 s, then 2 s; then the upload is aborted and the row waits for the lane's backoff.
+PART_RETRIES = 3
+PART_RETRY_DELAY_S = 0.5
+# Part URLs older than this share of their lifetime are asked for again before the next part.
+PART_URL_REFRESH = 0.8
 # Short heartbeats: a half-open link is noticed in seconds, not the default minutes.
 AMQP_HEARTBEAT_S = 5
 # A batch body is the reads' stored JSON joined, inside this envelope.
@@ -82,6 +88,13 @@ _BATCH_BUDGET = MAX_BATCH_BYTES - 1024  # bytes of reads per batch, envelope lef
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _read_part(path: Path, offset: int, size: int) -> bytes:
+    """``size`` bytes of a file from ``offset`` (fewer at its end). Blocks."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read(size)
 
 
 class RelayError(Exception):
@@ -593,37 +606,120 @@ class Relay:
     async def _upload(
         self, *, kind: str, camera_id: str, object_id: str, path: Path, size_bytes: int, sha256: str
     ) -> BlobRef:
-        """Claim-check: ask central for a presigned PUT URL for this object, then upload it."""
-        http = self._client()
-        resp = await http.post(
-            "/api/agent/v1/uploads",
-            json={
-                "kind": kind,
-                "camera_id": camera_id,
-                "object_id": object_id,
-                "size_bytes": size_bytes,
-                "sha256": sha256,
-            },
+        """Claim-check: ask central for a presigned PUT URL for this object, then upload it;
+        above central's multipart threshold the grant holds a URL per part instead."""
+        request = {
+            "kind": kind,
+            "camera_id": camera_id,
+            "object_id": object_id,
+            "size_bytes": size_bytes,
+            "sha256": sha256,
+            "multipart": True,
+        }
+        grant = await self._grant(request)
+        if grant.get("parts"):
+            await self._upload_parts(path, request, grant)
+        else:
+            data = await asyncio.to_thread(path.read_bytes)
+            put = await self._put(grant["url"], data, {"Content-Type": CONTENT_TYPES[kind]})
+            if put.status_code != 200:
+                raise RelayError(f"object upload failed: HTTP {put.status_code} {put.text[:200]}")
+        return BlobRef(
+            bucket=grant["bucket"], key=grant["key"], size_bytes=size_bytes, sha256=sha256
         )
+
+    async def _grant(self, request: dict[str, Any]) -> dict[str, Any]:
+        resp = await self._client().post("/api/agent/v1/uploads", json=request)
         if resp.status_code != 200:
             raise RelayError(f"upload URL refused: HTTP {resp.status_code} {resp.text[:200]}")
         grant: dict[str, Any] = resp.json()
-        data = await asyncio.to_thread(path.read_bytes)
-        # A separate client: the presigned URL is the only credential S3 may see (an extra
-        # Authorization header makes the request ambiguous and S3 refuses it). The explicit
-        # Content-Length keeps a paced upload one plain PUT (S3 refuses chunked encoding).
-        headers = {"Content-Type": CONTENT_TYPES[kind], "Content-Length": str(len(data))}
-        if self._bucket is None:  # unlimited: the bytes in one go
-            put = await self._blob_client().put(grant["url"], content=data, headers=headers)
-            self.uploaded_bytes += len(data)
-        else:
-            put = await self._blob_client().put(
-                grant["url"], content=self._paced(data, self._bucket), headers=headers
+        return grant
+
+    async def _upload_parts(
+        self, path: Path, request: dict[str, Any], grant: dict[str, Any]
+    ) -> None:
+        """A multipart upload: each part read from the file when its turn comes (a large object
+        is never held in memory whole), PUT through the bandwidth cap and tried again up to
+        ``PART_RETRIES`` times; then central joins the parts. Any failure aborts the upload
+        (best effort) and raises RelayError: the row stays pending and starts over later."""
+        upload = {
+            "kind": request["kind"],
+            "camera_id": request["camera_id"],
+            "object_id": request["object_id"],
+            "upload_id": grant["upload_id"],
+        }
+        part_size: int = grant["part_size"]
+        etags: list[dict[str, Any]] = []
+        try:
+            urls, fresh_until = self._part_urls(grant)
+            for number in range(1, len(urls) + 1):
+                if time.monotonic() > fresh_until:  # a slow upload: the URLs would expire
+                    urls, fresh_until = self._part_urls(
+                        await self._grant({**request, "upload_id": upload["upload_id"]})
+                    )
+                data = await asyncio.to_thread(
+                    _read_part, path, (number - 1) * part_size, part_size
+                )
+                etag = await self._put_part(urls[number - 1], data, number)
+                etags.append({"part_number": number, "etag": etag})
+            resp = await self._client().post(
+                "/api/agent/v1/uploads/complete", json={**upload, "parts": etags}
             )
-        if put.status_code != 200:
-            raise RelayError(f"object upload failed: HTTP {put.status_code} {put.text[:200]}")
-        return BlobRef(
-            bucket=grant["bucket"], key=grant["key"], size_bytes=size_bytes, sha256=sha256
+            if resp.status_code != 200:
+                raise RelayError(
+                    f"multipart upload not completed: HTTP {resp.status_code} {resp.text[:200]}"
+                )
+        except Exception:
+            await self._abort_upload(upload)
+            raise
+
+    def _part_urls(self, grant: dict[str, Any]) -> tuple[list[str], float]:
+        """A grant's part URLs in order, and until when (monotonic) to use them."""
+        urls = [p["url"] for p in sorted(grant["parts"], key=lambda p: p["part_number"])]
+        return urls, time.monotonic() + PART_URL_REFRESH * grant["expires_in_s"]
+
+    async def _put_part(self, url: str, data: bytes, number: int) -> str:
+        """PUT one part, tried again on failure; its ETag (central needs it to complete)."""
+        error = ""
+        for attempt in range(PART_RETRIES + 1):
+            if attempt:
+                await asyncio.sleep(PART_RETRY_DELAY_S * 2 ** (attempt - 1))
+            try:
+                put = await self._put(url, data, {})
+            except httpx.TransportError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                continue
+            etag: str | None = put.headers.get("ETag")
+            if put.status_code == 200 and etag:
+                return etag
+            error = f"HTTP {put.status_code} {put.text[:200]}"
+        raise RelayError(f"part {number} failed {PART_RETRIES + 1} times: {error}")
+
+    async def _abort_upload(self, upload: dict[str, Any]) -> None:
+        """Ask central to discard a multipart upload; best effort (central also aborts an
+        unfinished upload of the same object when it grants it again)."""
+        try:
+            resp = await self._client().post("/api/agent/v1/uploads/abort", json=upload)
+            if resp.status_code not in (204, 404):
+                log.warning("multipart upload %s not aborted: HTTP %d", upload["upload_id"],
+                            resp.status_code)  # fmt: skip
+        except httpx.HTTPError as exc:
+            log.warning("multipart upload %s not aborted: %r", upload["upload_id"], exc)
+
+    async def _put(self, url: str, data: bytes, headers: dict[str, str]) -> httpx.Response:
+        """PUT bytes to a presigned URL, paced by the bandwidth cap if there is one.
+
+        A separate client: the presigned URL is the only credential S3 may see (an extra
+        Authorization header makes the request ambiguous and S3 refuses it). The explicit
+        Content-Length keeps a paced upload one plain PUT (S3 refuses chunked encoding).
+        """
+        headers = {**headers, "Content-Length": str(len(data))}
+        if self._bucket is None:  # unlimited: the bytes in one go
+            put = await self._blob_client().put(url, content=data, headers=headers)
+            self.uploaded_bytes += len(data)
+            return put
+        return await self._blob_client().put(
+            url, content=self._paced(data, self._bucket), headers=headers
         )
 
     async def _paced(self, data: bytes, bucket: TokenBucket) -> AsyncIterator[bytes]:

@@ -45,4 +45,16 @@ class Settings(BaseSettings):
     )
     gtvision_admin_password: SecretStr | None = None
     upload_url_ttl_s: int = Field(300, ge=30, le=3600, description="Presigned PUT lifetime.")
+    multipart_threshold_bytes: int = Field(
+        128 * 1024**2,
+        ge=5 * 1024**2,
+        description="Agents' uploads larger than this go in parts (multipart upload).",
+    )
+    multipart_part_bytes: int = Field(
+        16 * 1024**2,
+        ge=5 * 1024**2,
+        le=5 * 1024**3,
+        description="Size of each part of a multipart upload (S3: 5 MiB to 5 GiB; the last "
+        "part may be smaller).",
+    )
     db_pool_max: int = Field(10, ge=1, le=200)

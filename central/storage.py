@@ -10,6 +10,7 @@ from datetime import timedelta
 from uuid import UUID
 
 from minio import Minio
+from minio.datatypes import Part
 from minio.error import S3Error
 
 from central.settings import Settings
@@ -69,6 +70,63 @@ UPLOAD_KINDS = {
     "thumbnail": ("thumbnails", thumbnail_key),
     "crop": ("lpr-images", crop_key),
 }
+
+
+# What each kind of upload holds (a multipart upload's type is set when it is created).
+UPLOAD_CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg", "crop": "image/jpeg"}
+
+# S3's limits on multipart uploads: parts of at least 5 MiB (except the last), 10,000 at most.
+MIN_PART_BYTES = 5 * 1024**2
+MAX_PARTS = 10_000
+
+
+def part_plan(size_bytes: int, part_bytes: int) -> tuple[int, int]:
+    """(part size, number of parts) for an object: ``part_bytes`` unless that would need more
+    parts than S3 allows."""
+    part = max(part_bytes, MIN_PART_BYTES, -(-size_bytes // MAX_PARTS))
+    return part, -(-size_bytes // part)
+
+
+def start_multipart(client: Minio, bucket: str, key: str, content_type: str) -> str:
+    """Create a multipart upload for ``key`` and return its id. Blocks.
+
+    Uploads of the same key left unfinished (an agent that crashed mid-object and now asks
+    again) are aborted first: their parts would otherwise stay in the bucket, unseen.
+    """
+    listed = client._list_multipart_uploads(bucket, prefix=key)
+    for stale in listed.uploads:
+        if stale.object_name == key and stale.upload_id:
+            abort_multipart(client, bucket, key, stale.upload_id)
+    return client._create_multipart_upload(bucket, key, {"Content-Type": content_type})
+
+
+def presign_part(
+    client: Minio, bucket: str, key: str, upload_id: str, part_number: int, ttl_s: int
+) -> str:
+    """A presigned PUT URL for one part of a multipart upload (signed locally, no request)."""
+    return client.get_presigned_url(
+        "PUT", bucket, key, expires=timedelta(seconds=ttl_s),
+        extra_query_params={"partNumber": str(part_number), "uploadId": upload_id},
+    )  # fmt: skip
+
+
+def complete_multipart(
+    client: Minio, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
+) -> str:
+    """Join the uploaded parts ((number, ETag) in order) into the object; its ETag. Blocks.
+
+    Raises S3Error: ``NoSuchUpload`` for an unknown, aborted or already completed upload,
+    ``InvalidPart``/``InvalidPartOrder``/``EntityTooSmall`` for parts that do not add up.
+    """
+    result = client._complete_multipart_upload(
+        bucket, key, upload_id, [Part(number, etag) for number, etag in parts]
+    )
+    return str(result.etag)
+
+
+def abort_multipart(client: Minio, bucket: str, key: str, upload_id: str) -> None:
+    """Discard a multipart upload and its parts. Blocks; S3Error ``NoSuchUpload`` if unknown."""
+    client._abort_multipart_upload(bucket, key, upload_id)
 
 
 def presign_get(client: Minio, bucket: str, key: str, ttl_s: int) -> str:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
+import urllib3
 from fastapi import APIRouter, Depends, HTTPException
+from minio import Minio
+from minio.error import S3Error
 from pydantic import BaseModel, Field
 
 from central import agents, cameras, enrolment, presence, storage
@@ -20,6 +26,7 @@ from central.users import Principal
 from shared.messages import SHA256_HEX, CameraHealth, DiskHealth
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 router = APIRouter(tags=["agents"])
 
 
@@ -74,13 +81,62 @@ class UploadRequest(BaseModel):
     object_id: UUID
     size_bytes: int = Field(ge=1, le=8 * 1024**3)
     sha256: str = Field(pattern=SHA256_HEX)
+    multipart: bool = Field(
+        False,
+        description="The agent can upload in parts: objects above central's multipart "
+        "threshold then get a multipart grant (agents that do not say so always get one URL).",
+    )
+    upload_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Fresh part URLs for this multipart upload, already granted (URLs expire; "
+        "a slow upload asks again instead of starting over).",
+    )
+
+
+class UploadPart(BaseModel):
+    part_number: int = Field(ge=1, le=storage.MAX_PARTS)
+    url: str = Field(description="Presigned PUT of this part; its ETag header goes to complete.")
 
 
 class UploadGrant(BaseModel):
     bucket: str
     key: str
-    url: str
+    url: str | None = Field(description="One presigned PUT for the whole object; null when "
+                            "it goes in parts.")  # fmt: skip
     expires_in_s: int
+    upload_id: str | None = Field(None, description="The multipart upload, if in parts.")
+    part_size: int | None = Field(
+        None, description="Bytes of each part (the last one holds the rest)."
+    )
+    parts: list[UploadPart] | None = Field(None, description="One URL per part, in order.")
+
+
+class UploadRef(BaseModel):
+    """A multipart upload of the agent's own: the key is derived as for the grant."""
+
+    kind: Literal["segment", "thumbnail", "crop"]
+    camera_id: UUID
+    object_id: UUID
+    upload_id: str = Field(min_length=1, max_length=1024)
+
+
+class CompletedPart(BaseModel):
+    part_number: int = Field(ge=1, le=storage.MAX_PARTS)
+    etag: str = Field(min_length=1, max_length=200, pattern=r"^[^<>&]+$")
+
+
+class UploadComplete(UploadRef):
+    parts: list[CompletedPart] = Field(
+        min_length=1, max_length=storage.MAX_PARTS, description="Every part, in order."
+    )
+
+
+class UploadCompleted(BaseModel):
+    bucket: str
+    key: str
+    etag: str = Field(description="The object's ETag (`<hash>-<parts>` for a multipart one).")
 
 
 @router.post("/api/agents/enrolment-tokens", status_code=201, responses=NOT_FOUND)
@@ -142,17 +198,120 @@ async def revoke_agent(
         await enrolment.revoke(conn, broker, agent_id)
 
 
-@router.post("/api/agent/v1/uploads")
+@router.post("/api/agent/v1/uploads", responses=NOT_FOUND)
 async def upload_grant(
     body: UploadRequest, r: Res, agent: Annotated[agents.Agent, Depends(current_agent)]
 ) -> UploadGrant:
-    """A short-lived presigned PUT URL for one object under the agent's city (claim-check)."""
+    """Short-lived presigned PUT URLs for one object under the agent's city (claim-check): one
+    URL, or, for an object above the multipart threshold, a multipart upload and a URL per
+    part (then `POST /api/agent/v1/uploads/complete`)."""
+    bucket, key = await _upload_key(r, agent, body.kind, body.camera_id, body.object_id)
+    ttl = r.settings.upload_url_ttl_s
+    if not body.multipart or body.size_bytes <= r.settings.multipart_threshold_bytes:
+        url = await asyncio.to_thread(storage.presign_put, r.s3_public, bucket, key, ttl)
+        return UploadGrant(bucket=bucket, key=key, url=url, expires_in_s=ttl)
+    part_size, count = storage.part_plan(body.size_bytes, r.settings.multipart_part_bytes)
+    if body.upload_id is None:
+        content_type = storage.UPLOAD_CONTENT_TYPES[body.kind]
+        upload_id = await _multipart_call(storage.start_multipart, r.s3, bucket, key, content_type)
+    else:
+        upload_id = _unseal(r, bucket, key, body.upload_id)
+
+    def presign() -> list[UploadPart]:
+        return [
+            UploadPart(part_number=n, url=storage.presign_part(r.s3_public, bucket, key,
+                                                               upload_id, n, ttl))
+            for n in range(1, count + 1)
+        ]  # fmt: skip
+
+    return UploadGrant(
+        bucket=bucket, key=key, url=None, expires_in_s=ttl,
+        upload_id=_seal(r, bucket, key, upload_id),
+        part_size=part_size, parts=await asyncio.to_thread(presign),
+    )  # fmt: skip
+
+
+@router.post(
+    "/api/agent/v1/uploads/complete",
+    responses={**NOT_FOUND, 400: {"description": "Parts that do not match the upload."}},
+)
+async def upload_complete(
+    body: UploadComplete, r: Res, agent: Annotated[agents.Agent, Depends(current_agent)]
+) -> UploadCompleted:
+    """Join a multipart upload's parts into the object. 404 for an upload that is unknown,
+    aborted or already completed; 400 for parts that do not match what was uploaded."""
+    bucket, key = await _upload_key(r, agent, body.kind, body.camera_id, body.object_id)
+    numbers = [p.part_number for p in body.parts]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise HTTPException(400, "parts must be numbered 1, 2, 3, ... in order")
+    parts = [(p.part_number, p.etag) for p in body.parts]
+    upload_id = _unseal(r, bucket, key, body.upload_id)
+    etag = await _multipart_call(storage.complete_multipart, r.s3, bucket, key, upload_id, parts)
+    return UploadCompleted(bucket=bucket, key=key, etag=etag)
+
+
+@router.post("/api/agent/v1/uploads/abort", status_code=204, responses=NOT_FOUND)
+async def upload_abort(
+    body: UploadRef, r: Res, agent: Annotated[agents.Agent, Depends(current_agent)]
+) -> None:
+    """Discard a multipart upload and the parts uploaded so far (404 if unknown or done)."""
+    bucket, key = await _upload_key(r, agent, body.kind, body.camera_id, body.object_id)
+    upload_id = _unseal(r, bucket, key, body.upload_id)
+    await _multipart_call(storage.abort_multipart, r.s3, bucket, key, upload_id)
+
+
+async def _upload_key(
+    r: Res, agent: agents.Agent, kind: str, camera_id: UUID, object_id: UUID
+) -> tuple[str, str]:
+    """The bucket and key an agent's object of this kind goes to; 404 unless the camera is
+    in the agent's city (so an agent reaches only its own city's keys)."""
     async with r.pool.acquire() as conn:
-        city = await cameras.camera_city_for_agent(conn, body.camera_id, agent.id)
+        city = await cameras.camera_city_for_agent(conn, camera_id, agent.id)
     if city is None:
         raise HTTPException(404, "camera not found")
-    bucket, make_key = storage.UPLOAD_KINDS[body.kind]
-    key = make_key(city, body.camera_id, body.object_id)
-    ttl = r.settings.upload_url_ttl_s
-    url = await asyncio.to_thread(storage.presign_put, r.s3_public, bucket, key, ttl)
-    return UploadGrant(bucket=bucket, key=key, url=url, expires_in_s=ttl)
+    bucket, make_key = storage.UPLOAD_KINDS[kind]
+    return bucket, make_key(city, camera_id, object_id)
+
+
+def _seal(r: Res, bucket: str, key: str, upload_id: str) -> str:
+    """The upload id handed to the agent: object storage's, bound to its key by a MAC.
+
+    Not every S3 server refuses to complete an upload under another key than the one it was
+    created for; the MAC makes central refuse it whatever the server.
+    """
+    return f"{upload_id}~{_upload_mac(r, bucket, key, upload_id)}"
+
+
+def _unseal(r: Res, bucket: str, key: str, sealed: str) -> str:
+    """Object storage's upload id from a sealed one; 404 unless it was granted for this key."""
+    upload_id, _, mac = sealed.rpartition("~")
+    expected = _upload_mac(r, bucket, key, upload_id)
+    # Bytes: compare_digest refuses str with non-ASCII characters (a forged id may have them).
+    if not upload_id or not hmac.compare_digest(mac.encode(), expected.encode()):
+        raise HTTPException(404, "no such upload: unknown, aborted or completed")
+    return upload_id
+
+
+def _upload_mac(r: Res, bucket: str, key: str, upload_id: str) -> str:
+    secret = r.settings.gtvision_secret_key.get_secret_value().encode()
+    message = f"multipart\n{bucket}\n{key}\n{upload_id}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+
+async def _multipart_call(
+    fn: Callable[..., T], client: Minio, bucket: str, key: str, *args: Any
+) -> T:
+    """Run a blocking multipart call on object storage; its refusals as the agent's 4xx,
+    object storage unreachable or failing as 503 (the agent retries later)."""
+    try:
+        return await asyncio.to_thread(fn, client, bucket, key, *args)
+    except S3Error as exc:
+        if exc.code in ("NoSuchUpload", "NoSuchKey"):
+            raise HTTPException(404, "no such upload: unknown, aborted or completed") from None
+        if exc.code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "MalformedXML",
+                        "InvalidArgument", "InvalidRequest"):  # fmt: skip
+            raise HTTPException(400, f"object storage refused the parts: {exc.code}") from None
+        log.error("multipart %s on %s/%s: %s", fn.__name__, bucket, key, exc)
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        log.error("multipart %s on %s/%s: %r", fn.__name__, bucket, key, exc)
+    raise HTTPException(503, "object storage is unavailable")
