@@ -24,6 +24,7 @@ import pytest
 from minio import Minio
 from minio.error import S3Error
 
+from agent import relay as relay_module
 from agent.relay import Relay, RelayError
 from agent.store import Segment, Store
 from central import agents, storage
@@ -274,3 +275,20 @@ async def test_failed_part_commits_nothing_and_a_later_round_succeeds(
     assert stored is not None and stored["sha256"] == seg.sha256
     assert s3_client.stat_object("recordings", key).etag.endswith("-3")
     assert unfinished_uploads(s3_client, key) == []
+
+
+async def test_part_urls_asked_for_again_when_old(
+    rig: AgentRig,
+    db_pool: asyncpg.Pool,
+    s3_client: Minio,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # URLs count as old at once: every part goes with URLs asked for again for the same
+    # upload, as a slow upload's later parts do.
+    monkeypatch.setattr(relay_module, "PART_URL_REFRESH", 0.0)
+    seg = await queue_segment(rig.store, rig.site, tmp_path / "seg.mp4", 11 * MiB)
+    assert await rig.relay.run_once() == 1
+    stored = await stored_segment(db_pool, seg.segment_id)
+    assert stored is not None and stored["sha256"] == seg.sha256
+    assert s3_client.stat_object("recordings", stored["object_key"]).etag.endswith("-3")
