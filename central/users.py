@@ -48,11 +48,14 @@ class Principal:
         return None if self.cities is None else list(self.cities)
 
 
-async def load_principal(conn: asyncpg.Connection, user_id: UUID) -> Principal | None:
-    """The active user's permissions and cities; None if unknown or deactivated."""
+async def load_principal(
+    conn: asyncpg.Connection, user_id: UUID, stamp: str | None = None
+) -> Principal | None:
+    """The active user's permissions and cities; None if unknown or deactivated, or if
+    ``stamp`` (a session token's) is not their password's: the password changed since."""
     row = await conn.fetchrow(
         """
-        SELECT u.is_active,
+        SELECT u.is_active, u.password_hash,
                coalesce((SELECT jsonb_agg(p) FROM user_roles ur JOIN roles r ON r.id = ur.role_id,
                          jsonb_array_elements_text(coalesce(r.permissions, '[]')) p
                          WHERE ur.user_id = u.id), '[]') AS permissions,
@@ -63,6 +66,8 @@ async def load_principal(conn: asyncpg.Connection, user_id: UUID) -> Principal |
         user_id,
     )
     if row is None or not row["is_active"]:
+        return None
+    if stamp is not None and not hmac.compare_digest(stamp, session_stamp(row["password_hash"])):
         return None
     permissions = frozenset(row["permissions"])
     cities = None if "*" in permissions else frozenset(row["cities"])
@@ -106,8 +111,11 @@ async def ensure_user(conn: asyncpg.Connection, email: str, password: str) -> UU
     return user_id
 
 
-async def authenticate(conn: asyncpg.Connection, email: str, password: str) -> UUID | None:
-    """The active user's id if the password matches, else None. Slow on purpose (argon2)."""
+async def authenticate(
+    conn: asyncpg.Connection, email: str, password: str
+) -> tuple[UUID, str] | None:
+    """The active user's id and session stamp if the password matches, else None. Slow on
+    purpose (argon2)."""
     row = await conn.fetchrow(
         "SELECT id, password_hash FROM users WHERE email = $1 AND is_active", email.lower()
     )
@@ -120,26 +128,34 @@ async def authenticate(conn: asyncpg.Connection, email: str, password: str) -> U
     except VerificationError:
         return None
     user_id: UUID = row["id"]
-    return user_id
+    return user_id, session_stamp(row["password_hash"])
 
 
-def issue_token(user_id: UUID, secret: str, now_s: float | None = None) -> str:
-    """A signed, expiring session token: ``<user>.<expiry>.<hmac>``."""
+def session_stamp(password_hash: str) -> str:
+    """What a session token carries of the password it was issued under: a digest of its hash
+    (never the hash). Setting a new password changes it, which ends every older session."""
+    digest = hashlib.sha256(b"gtvision-session:" + password_hash.encode()).digest()[:9]
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def issue_token(user_id: UUID, secret: str, stamp: str, now_s: float | None = None) -> str:
+    """A signed, expiring session token: ``<user>.<expiry>.<stamp>.<hmac>``."""
     expiry = int((now_s if now_s is not None else time.time()) + SESSION_TTL_S)
-    body = f"{user_id}.{expiry}"
+    body = f"{user_id}.{expiry}.{stamp}"
     return f"{body}.{_sign(body, secret)}"
 
 
-def verify_token(token: str, secret: str, now_s: float | None = None) -> UUID | None:
-    """The user id of a valid, unexpired token, else None."""
+def verify_token(token: str, secret: str, now_s: float | None = None) -> tuple[UUID, str] | None:
+    """The user id and password stamp of a valid, unexpired token, else None (the stamp is
+    checked against the user's password by ``load_principal``)."""
     try:
-        user, expiry, sig = token.split(".")
-        body = f"{user}.{expiry}"
+        user, expiry, stamp, sig = token.split(".")
+        body = f"{user}.{expiry}.{stamp}"
         if not hmac.compare_digest(sig, _sign(body, secret)):
             return None
         if int(expiry) < (now_s if now_s is not None else time.time()):
             return None
-        return UUID(user)
+        return UUID(user), stamp
     except ValueError:
         return None
 

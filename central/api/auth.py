@@ -22,13 +22,13 @@ router = APIRouter(tags=["auth"])
 
 async def current_principal(r: Res, creds: Creds) -> Principal:
     """The logged-in, active user with permissions and cities, else 401."""
-    user_id = creds and users.verify_token(
+    session = creds and users.verify_token(
         creds.credentials, r.settings.gtvision_secret_key.get_secret_value()
     )
     principal = None
-    if user_id:
+    if session:
         async with r.pool.acquire() as conn:
-            principal = await users.load_principal(conn, user_id)
+            principal = await users.load_principal(conn, *session)
     if principal is None:
         raise HTTPException(401, "login required", headers={"WWW-Authenticate": "Bearer"})
     return principal
@@ -86,5 +86,6 @@ async def login(body: LoginRequest, r: Res, request: Request) -> LoginResponse:
         await ratelimit.record_failure(r.redis, body.email, address)
         raise HTTPException(401, "wrong e-mail or password")
     await ratelimit.record_success(r.redis, body.email, address)
-    token = users.issue_token(user, r.settings.gtvision_secret_key.get_secret_value())
+    user_id, stamp = user
+    token = users.issue_token(user_id, r.settings.gtvision_secret_key.get_secret_value(), stamp)
     return LoginResponse(token=token, expires_in_s=users.SESSION_TTL_S)

@@ -76,8 +76,10 @@ async def test_redis_down_and_back_keeps_the_api_working(
 
 def test_tokens_are_signed_and_expire() -> None:
     user = uuid.uuid4()
-    token = users.issue_token(user, "k" * 32, now_s=1000.0)
-    assert users.verify_token(token, "k" * 32, now_s=1001.0) == user
+    token = users.issue_token(user, "k" * 32, "stamp", now_s=1000.0)
+    assert users.verify_token(token, "k" * 32, now_s=1001.0) == (user, "stamp")
+    restamped = token.replace(".stamp.", ".other.")
+    assert users.verify_token(restamped, "k" * 32, now_s=1001.0) is None
     assert users.verify_token(token, "x" * 32, now_s=1001.0) is None  # another key
     assert users.verify_token(token, "k" * 32, now_s=1000.0 + users.SESSION_TTL_S + 1) is None
     forged = token.replace(str(user), str(uuid.uuid4()))

@@ -116,3 +116,24 @@ async def test_superuser_manages_roles_and_a_city_manager_manages_only_their_cit
         "password" not in str(r["details"]) or "changed" in str(r["details"]) for r in logged
     )
     assert PASSWORD not in str([dict(r) for r in logged]), "no password in the audit log"
+
+
+async def test_a_new_password_ends_the_older_sessions(
+    central_api: CentralProcess, db_pool: asyncpg.Pool
+) -> None:
+    w = await world(db_pool)
+    http = central_api.http
+    admin = await central_api.login("admin@example.com", PASSWORD)
+    op = await central_api.login("operador@a.example", PASSWORD)
+    op_other_device = await central_api.login("operador@a.example", PASSWORD)
+    assert (await http.get("/api/cameras", headers=op)).status_code == 200
+    new_password = "outra-senha-longa-1"
+    changed = await http.patch(
+        f"/api/users/{w['operador']}", json={"password": new_password}, headers=admin
+    )
+    assert changed.status_code == 200, changed.text
+    for session in (op, op_other_device):
+        assert (await http.get("/api/cameras", headers=session)).status_code == 401
+    assert (await http.get("/api/cameras", headers=admin)).status_code == 200  # not the admin's
+    again = await central_api.login("operador@a.example", new_password)
+    assert (await http.get("/api/cameras", headers=again)).status_code == 200
