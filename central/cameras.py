@@ -45,7 +45,7 @@ async def camera_city_for_agent(
 
 CAMERA_COLUMNS = (
     "id, cidade_id, nome, url_rtsp, localizacao, status, status_reason, status_at, agent_id,"
-    " created_at"
+    " enabled, created_at"
 )
 
 
@@ -96,9 +96,10 @@ async def set_thumbnail(
 
 
 async def update_camera(conn: asyncpg.Connection, camera_id: UUID, changes: dict[str, Any]) -> None:
-    """Change a camera's ``nome``, ``url_rtsp``, ``localizacao`` and/or ``agent_id`` (a key
-    present with None clears ``localizacao``/``agent_id``). The caller checks scope first."""
-    allowed = ("nome", "url_rtsp", "localizacao", "agent_id")
+    """Change a camera's ``nome``, ``url_rtsp``, ``localizacao``, ``agent_id`` and/or
+    ``enabled`` (a key present with None clears ``localizacao``/``agent_id``). The caller checks
+    scope first."""
+    allowed = ("nome", "url_rtsp", "localizacao", "agent_id", "enabled")
     if not changes or not set(changes) <= set(allowed):
         raise ValueError(f"can change only {list(allowed)}")
     sets = ", ".join(f"{col} = ${i}" for i, col in enumerate(changes, start=2))

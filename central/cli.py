@@ -104,13 +104,15 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from central import retention, watchlists
+    from central import commands as versioned
+    from central import config_hints, retention, watchlists
     from central.clipworker import ClipWorker, CommandPublisher
 
     async def work(settings: Settings, pool: asyncpg.Pool, s3: Minio, stop: asyncio.Event) -> None:
         amqp = settings.amqp_url.get_secret_value()
         commands = CommandPublisher(amqp)
-        tasks = [asyncio.create_task(watchlists.run_pusher(pool, commands, stop))]
+        pushed = [watchlists.PUSH, config_hints.PUSH]  # watchlists, config hints
+        tasks = [asyncio.create_task(versioned.run_pusher(pool, commands, stop, pushed))]
         if args.retention_interval_s > 0:
             tasks.append(
                 asyncio.create_task(retention.run(pool, s3, stop, args.retention_interval_s))
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_ingest)
     p = sub.add_parser(
         "worker",
-        help="make requested clips; keep recordings current; push watchlists; enforce retention",
+        help="make requested clips; keep recordings current; push watchlists and config hints; "
+        "enforce retention",
     )
     p.add_argument(
         "--upload-wait-s", type=float, default=300.0,

@@ -30,7 +30,7 @@ from minio import Minio
 
 from central import clips, recordings, segments
 from central.video import build_clip
-from shared.messages import UploadRequest, WatchlistUpdate, encode
+from shared.messages import ConfigHint, UploadRequest, WatchlistUpdate, encode
 from shared.topology import agent_command_queue, declare_agent_queue
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,12 @@ class CommandPublisher:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
 
-    async def publish(self, command: UploadRequest | WatchlistUpdate) -> None:
+    async def publish(self, command: UploadRequest | WatchlistUpdate | ConfigHint) -> None:
         """Declare the agent's queue (idempotent) and publish; returns on the broker's ack."""
-        key = command.request_id if isinstance(command, UploadRequest) else command.update_id
+        if isinstance(command, UploadRequest):
+            key = command.request_id
+        else:
+            key = command.hint_id if isinstance(command, ConfigHint) else command.update_id
         if self._channel is None:
             self._connection = await aio_pika.connect_robust(self._url, heartbeat=10, timeout=10)
             self._channel = await self._connection.channel(

@@ -7,15 +7,14 @@ older one on the agent, and a redelivered old one is ignored.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
+from central import commands
 from shared.messages import MAX_WATCHLIST_PLATES, WatchlistPlate, WatchlistUpdate
 
 log = logging.getLogger(__name__)
@@ -160,29 +159,7 @@ async def city_entries(conn: asyncpg.Connection, city_id: UUID) -> tuple[int, li
     return int(version or 0), [dict(r) for r in rows]
 
 
-# --- delivery to agents (the worker's pusher) ------------------------------------------------
-
-
-async def agents_behind(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    """Active agents whose city's watchlist version is newer than the one they were sent."""
-    rows = await conn.fetch(
-        "SELECT a.id AS agent_id, a.cidade_id, v.version FROM agents a"
-        " JOIN watchlist_versions v ON v.cidade_id = a.cidade_id"
-        " LEFT JOIN agent_watchlists s ON s.agent_id = a.id"
-        " WHERE a.is_active AND a.revoked_at IS NULL"
-        " AND (s.version IS NULL OR s.version < v.version)"
-        " ORDER BY a.cidade_id, a.id"
-    )
-    return [dict(r) for r in rows]
-
-
-async def mark_sent(conn: asyncpg.Connection, agent_id: UUID, version: int) -> None:
-    await conn.execute(
-        "INSERT INTO agent_watchlists (agent_id, version) VALUES ($1, $2)"
-        " ON CONFLICT (agent_id) DO UPDATE SET version = greatest(agent_watchlists.version,"
-        " EXCLUDED.version), sent_at = now()",
-        agent_id, version,
-    )  # fmt: skip
+# --- delivery to agents (central/commands.py's pusher) -------------------------------------
 
 
 def update_id(city_id: UUID, version: int) -> UUID:
@@ -190,48 +167,27 @@ def update_id(city_id: UUID, version: int) -> UUID:
     return uuid.uuid5(city_id, f"watchlist-{version}")
 
 
-class Publisher(Protocol):
-    async def publish(self, command: WatchlistUpdate) -> None: ...
-
-
-async def push_due(pool: asyncpg.Pool, publisher: Publisher) -> int:
-    """Send every agent that is behind its city's current lists; returns updates sent.
-
-    Publish (confirmed) first, record second: a crash in between sends the same version
-    again, which the agent ignores (it applies only newer versions)."""
-    async with pool.acquire() as conn:
-        due = await agents_behind(conn)
-    sent = 0
-    by_city: dict[UUID, tuple[int, list[dict[str, Any]]]] = {}
-    for row in due:
-        city = row["cidade_id"]
-        if city not in by_city:
-            async with pool.acquire() as conn:
-                by_city[city] = await city_entries(conn, city)
-        version, entries = by_city[city]
-        command = WatchlistUpdate(
-            update_id=update_id(city, version), agent_id=row["agent_id"], city_id=city,
-            version=version, plates=[WatchlistPlate(**e) for e in entries],
-        )  # fmt: skip
-        await publisher.publish(command)
+async def _build(pool: asyncpg.Pool, row: dict[str, Any], cache: dict[Any, Any]) -> WatchlistUpdate:
+    city = row["cidade_id"]
+    if city not in cache:
         async with pool.acquire() as conn:
-            await mark_sent(conn, row["agent_id"], version)
-        sent += 1
-        log.info(
-            "watchlists: version %d (%d plates) sent to agent %s",
-            version, len(entries), row["agent_id"],
-        )  # fmt: skip
-    return sent
+            cache[city] = await city_entries(conn, city)
+    version, entries = cache[city]
+    return WatchlistUpdate(
+        update_id=update_id(city, version), agent_id=row["agent_id"], city_id=city,
+        version=version, plates=[WatchlistPlate(**e) for e in entries],
+    )  # fmt: skip
 
 
-async def run_pusher(
-    pool: asyncpg.Pool, publisher: Publisher, stop: asyncio.Event, interval_s: float = 5.0
-) -> None:
-    """Push changed lists every ``interval_s`` until ``stop``; failures are retried."""
-    while not stop.is_set():
-        try:
-            await push_due(pool, publisher)
-        except Exception as exc:  # broker or database away: the next round retries
-            log.warning("watchlists: push failed (%r); retrying in %.0f s", exc, interval_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+# An agent is behind when its city's lists changed since the version it was sent.
+PUSH = commands.VersionedCommand(
+    kind="watchlist_update",
+    current="v.version",
+    joins="JOIN watchlist_versions v ON v.cidade_id = a.cidade_id",
+    build=_build,
+)
+
+
+async def push_due(pool: asyncpg.Pool, publisher: commands.Publisher) -> int:
+    """Send every agent that is behind its city's current lists; returns updates sent."""
+    return await commands.push_due(pool, publisher, [PUSH])

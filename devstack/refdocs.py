@@ -128,7 +128,8 @@ def messages_md() -> str:
         "Agents publish JSON messages to the topic exchange "
         f"`{topology.EVENTS_EXCHANGE}` with routing key `v1.<type>.<city_id>.<agent_id>`. "
         f"Bodies are at most {messages.MAX_MESSAGE_BYTES} bytes ({messages.MAX_BATCH_BYTES} for "
-        f"`plate_read_batch`, {messages.MAX_WATCHLIST_BYTES} for `watchlist_update`); unknown "
+        f"`plate_read_batch`, {messages.MAX_WATCHLIST_BYTES} for `watchlist_update`, "
+        f"{messages.MAX_HINT_BYTES} for `config_hint`); unknown "
         "fields and unknown "
         "`schema_version`s are rejected. Video and images never travel in messages: a `BlobRef` "
         "(claim-check) names the object and its size and SHA-256.\n",
@@ -143,7 +144,8 @@ def messages_md() -> str:
     out.append(
         f"\nDead letters go through `{topology.DEAD_LETTER_EXCHANGE}`; those central rejects "
         "carry the header `x-gtvision-reason`.\n\n"
-        "Commands (`upload_request`, `watchlist_update`) go the other way: central publishes "
+        "Commands (`upload_request`, `watchlist_update`, `config_hint`) go the other way: "
+        "central publishes "
         "them to the agent's own quorum queue `gtvision.agent.<agent_id>.commands`, the only "
         "queue the agent's broker user may read; they wait there while the agent is offline.\n"
     )
@@ -159,6 +161,8 @@ def messages_md() -> str:
         messages.UploadRequest,
         messages.WatchlistUpdate,
         messages.WatchlistPlate,
+        messages.ConfigHint,
+        messages.CameraHint,
         messages.BlobRef,
     ):
         doc = (model.__doc__ or "").strip().replace("\n    ", "\n")

@@ -20,7 +20,14 @@ MAX_BATCH_BYTES = 256 * 1024
 # A watchlist update carries a city's whole list (at most MAX_WATCHLIST_PLATES plates).
 MAX_WATCHLIST_PLATES = 50_000
 MAX_WATCHLIST_BYTES = 8 * 1024 * 1024
-BODY_LIMITS = {"plate_read_batch": MAX_BATCH_BYTES, "watchlist_update": MAX_WATCHLIST_BYTES}
+# A config hint lists the cameras of the agent's city whose state central decides.
+MAX_HINT_CAMERAS = 2_000
+MAX_HINT_BYTES = 256 * 1024
+BODY_LIMITS = {
+    "plate_read_batch": MAX_BATCH_BYTES,
+    "watchlist_update": MAX_WATCHLIST_BYTES,
+    "config_hint": MAX_HINT_BYTES,
+}
 
 SHA256_HEX = r"^[0-9a-f]{64}$"
 # Object keys are built by central from ids; the pattern keeps path tricks ("..", "//") out.
@@ -300,6 +307,59 @@ class WatchlistUpdate(WireModel):
     )
 
 
+class CameraHint(WireModel):
+    """One camera as central wants this agent to treat it."""
+
+    camera_id: UUID = Field(description="A camera of the agent's city (matched by id).")
+    enabled: bool = Field(
+        description="false: central disabled the camera, or it is assigned to another agent; "
+        "the agent stops recording it (and reading its plates) even if its YAML enables it."
+    )
+
+
+class ConfigHint(WireModel):
+    """Central → agent command: what an admin changed at central that the agent must honour on
+    top of its YAML (which stays the installer's and authoritative for everything else).
+
+    Whole, not a diff: the agent applies a hint only if its ``version`` is newer than the one it
+    holds (central bumps the agent's version with every change that concerns it), keeps it in
+    its store and applies it again at start-up, before any camera starts. Idempotency key:
+    ``hint_id``.
+    """
+
+    type: Literal["config_hint"] = "config_hint"
+    schema_version: Literal[1] = 1
+    hint_id: UUID = Field(description="Made by central from the agent and version.")
+    agent_id: UUID = Field(description="The agent addressed: the owner of the command queue.")
+    version: int = Field(ge=0, le=2**53, description="The agent's config hint version.")
+    max_upload_mbps: float | None = Field(
+        None,
+        gt=0,
+        le=100_000,
+        description="Central's cap on this agent's blob uploads (megabits per second); the "
+        "agent uses the smaller of it and its YAML's `sync.max_upload_mbps`. null: the YAML's.",
+    )
+    cameras: list[CameraHint] = Field(
+        default_factory=list,
+        max_length=MAX_HINT_CAMERAS,
+        description="Cameras of the agent's city whose state central decides; a camera not "
+        "listed, or listed as enabled, runs as the YAML says.",
+    )
+
+    @model_validator(mode="after")
+    def _cameras_once(self) -> ConfigHint:
+        seen: set[UUID] = set()
+        for i, camera in enumerate(self.cameras):
+            if camera.camera_id in seen:
+                raise ValueError(f"cameras.{i}: camera {camera.camera_id} is listed twice")
+            seen.add(camera.camera_id)
+        return self
+
+    def disabled_cameras(self) -> frozenset[UUID]:
+        """The cameras central has disabled for this agent."""
+        return frozenset(c.camera_id for c in self.cameras if not c.enabled)
+
+
 class WatchlistAlert(WireModel):
     """A plate read on one of the agent's cameras matched a plate of a local watchlist: exactly,
     or within one character (``possible``, e.g. a misread glyph). Raised on the agent, so it
@@ -337,6 +397,7 @@ Message = (
     | UploadRequest
     | WatchlistUpdate
     | WatchlistAlert
+    | ConfigHint
 )
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -350,6 +411,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     "upload_request": UploadRequest,
     "watchlist_update": WatchlistUpdate,
     "watchlist_alert": WatchlistAlert,
+    "config_hint": ConfigHint,
 }
 
 

@@ -17,7 +17,7 @@ from minio import Minio
 from minio.error import S3Error
 from pydantic import BaseModel, Field
 
-from central import agents, cameras, enrolment, presence, storage
+from central import agents, audit, cameras, config_hints, enrolment, presence, storage
 from central.api.auth import current_agent, requires
 from central.api.fields import Text
 from central.api.resources import NOT_FOUND, Res
@@ -196,6 +196,46 @@ async def revoke_agent(
         if city is None or not who.sees(city):
             raise HTTPException(404, "agent not found")
         await enrolment.revoke(conn, broker, agent_id)
+
+
+class AgentPatch(BaseModel):
+    """Only the fields given change; the agent is sent a config hint."""
+
+    max_upload_mbps: float | None = Field(
+        None,
+        gt=0,
+        le=100_000,
+        description="Cap on the agent's blob uploads in megabits per second; the agent uses "
+        "the smaller of it and its own `sync.max_upload_mbps`. null: no cap from central.",
+    )
+
+
+class AgentSettings(BaseModel):
+    id: UUID
+    cidade_id: UUID
+    nome: str
+    max_upload_mbps: float | None = Field(description="Central's cap on its blob uploads.")
+    config_version: int = Field(description="Its config hint's version (bumped by changes).")
+
+
+@router.patch("/api/agents/{agent_id}", responses=NOT_FOUND)
+async def update_agent(
+    agent_id: UUID,
+    body: AgentPatch,
+    r: Res,
+    who: Annotated[Principal, Depends(requires("agents:admin"))],
+) -> AgentSettings:
+    """Change what central tells the agent to honour over its YAML (a config hint, sent by the
+    worker within seconds, or when the agent is next connected)."""
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise HTTPException(422, "nothing to change")
+    async with r.pool.acquire() as conn, conn.transaction():
+        row = await config_hints.set_agent(conn, agent_id, who.city_list(), changes)
+        if row is None:
+            raise HTTPException(404, "agent not found")
+        await audit.record(conn, who.user_id, "agent.update", {"agent": str(agent_id), **changes})
+    return AgentSettings(**row)
 
 
 @router.post("/api/agent/v1/uploads", responses=NOT_FOUND)

@@ -11,7 +11,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from central import audit, cameras, cities, recordings, segments, storage
+from central import audit, cameras, cities, config_hints, recordings, segments, storage
 from central.api.auth import requires
 from central.api.fields import Text
 from central.api.resources import NOT_FOUND, Res
@@ -56,16 +56,23 @@ class CityPatch(BaseModel):
 
 
 class CameraPatch(BaseModel):
-    """Only the fields given change; `localizacao` or `agent_id` set to null clears them."""
+    """Only the fields given change; `localizacao` or `agent_id` set to null clears them.
+    Changing `enabled` or `agent_id` sends the city's agents a config hint."""
 
     nome: Text | None = Field(None, min_length=1, max_length=255)
     url_rtsp: Text | None = Field(None, min_length=8, max_length=500, pattern=r"^rtsps?://")
     localizacao: Text | None = Field(None, max_length=500)
     agent_id: UUID | None = None
+    enabled: bool | None = Field(
+        None,
+        description="false: no agent records it or reads its plates (its agent is told by a "
+        "config hint, whatever its YAML says); true: recorded again as the agent's YAML says.",
+    )
 
 
 class CameraOut(CameraIn):
     id: UUID
+    enabled: bool = Field(description="false: disabled at central, recorded by no agent.")
     status: str | None = Field(
         description="As its agent last reported: online, offline, error or disabled (seed "
         "default INATIVA until then)."
@@ -179,6 +186,8 @@ async def create_camera(
             )
         except asyncpg.ForeignKeyViolationError:  # the city vanished meanwhile
             raise HTTPException(404, "city not found") from None
+        if body.agent_id is not None:  # the city's other agents must leave it alone
+            await config_hints.bump_city(conn, body.cidade_id)
         row = await cameras.get_camera(conn, camera_id, None)
     assert row is not None
     return CameraOut(**row)
@@ -203,7 +212,7 @@ async def update_camera(
     who: Annotated[Principal, Depends(requires("cameras:admin"))],
 ) -> CameraOut:
     changes = body.model_dump(exclude_unset=True)
-    for key in ("nome", "url_rtsp"):
+    for key in ("nome", "url_rtsp", "enabled"):
         if key in changes and changes[key] is None:
             raise HTTPException(422, f"{key}: cannot be null")
     if not changes:
@@ -218,6 +227,8 @@ async def update_camera(
         ):  # fmt: skip
             raise HTTPException(422, "agent_id: not an agent of this city")
         await cameras.update_camera(conn, camera_id, changes)
+        if {"enabled", "agent_id"} & set(changes):  # which agent records it: tell the city's
+            await config_hints.bump_city(conn, row["cidade_id"])
         details = {"camera": str(camera_id), **{k: str(v) for k, v in changes.items()}}
         await audit.record(conn, who.user_id, "camera.update", details)
         row = await cameras.get_camera(conn, camera_id, None)
