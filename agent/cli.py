@@ -152,6 +152,14 @@ def print_agent_status(status: dict[str, Any] | None, path: Path) -> None:
         if reload.get("restart_required"):
             keys = ", ".join(reload["restart_required"])
             print(f"  changed keys waiting for a restart: {keys}")
+    hint = status.get("central_hint")
+    if hint:
+        cap = hint.get("max_upload_mbps")
+        off = ", ".join(hint.get("cameras_disabled") or []) or "none"
+        print(
+            f"central config hint: version {hint['version']}, upload cap "
+            f"{f'{cap} Mbps' if cap else 'none'}, cameras disabled at central: {off}"
+        )
     print_storage_status(status.get("storage"))
 
 

@@ -21,18 +21,28 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from agent.config import AgentConfig
 from agent.store import Store, WatchEntry
-from shared.messages import Message, MessageRejected, UploadRequest, WatchlistUpdate, decode
+from shared.messages import (
+    ConfigHint,
+    Message,
+    MessageRejected,
+    UploadRequest,
+    WatchlistUpdate,
+    decode,
+    encode,
+)
 from shared.topology import agent_command_queue
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Awaitable[None]]
+HintApplier = Callable[[ConfigHint], Awaitable[object]]
 
 # Short heartbeats: a half-open link is noticed in seconds (as the relay's).
 AMQP_HEARTBEAT_S = 5
 PREFETCH = 8
 MAX_BACKOFF_S = 60.0
 WATCHLIST_VERSION_KEY = "watchlist_version"  # the store's meta row: the version held
+CONFIG_HINT_KEY = "config_hint"  # the store's meta row: the hint held, as its wire JSON
 
 
 def _body_type(body: bytes) -> str | None:
@@ -48,12 +58,17 @@ def _body_type(body: bytes) -> str | None:
 class CommandConsumer:
     """Consumes the agent's command queue until cancelled, reconnecting with backoff."""
 
-    def __init__(self, config: AgentConfig, store: Store) -> None:
+    def __init__(
+        self, config: AgentConfig, store: Store, on_config_hint: HintApplier | None = None
+    ) -> None:
         self.config = config
         self.store = store
+        # Applies a newly held config hint to the running agent (Agent.apply_hint).
+        self.on_config_hint = on_config_hint
         self.handlers: dict[str, Handler] = {
             "upload_request": self.upload_request,
             "watchlist_update": self.watchlist_update,
+            "config_hint": self.config_hint,
         }
         self.handled = 0
         self.connected = False
@@ -162,3 +177,38 @@ class CommandConsumer:
                 command.request_id, command.camera_id, command.start_ms, command.end_ms,
                 command.reason,
             )  # fmt: skip
+
+    async def config_hint(self, command: Message) -> None:
+        """Hold central's config hint, unless its version is not newer than the one held, then
+        apply it to the running agent (docs/design/sync.md, "Command channel")."""
+        assert isinstance(command, ConfigHint)
+        held = await held_config_hint(self.store)
+        if held is not None and command.version <= held.version:
+            log.info(
+                "config hint %s: version %d is not newer than %d; ignored",
+                command.hint_id, command.version, held.version,
+            )  # fmt: skip
+            return
+        # Held first: a crash before it is applied applies it at the next start, before any
+        # camera starts.
+        await self.store.set_meta(CONFIG_HINT_KEY, encode(command).decode())
+        log.info(
+            "config hint version %d held: upload cap %s Mbps, %d camera(s) disabled at central",
+            command.version, command.max_upload_mbps, len(command.disabled_cameras()),
+        )  # fmt: skip
+        if self.on_config_hint is not None:
+            await self.on_config_hint(command)
+
+
+async def held_config_hint(store: Store) -> ConfigHint | None:
+    """The config hint the store holds, None if none (or, logged, one that no longer parses)."""
+    raw = await store.get_meta(CONFIG_HINT_KEY)
+    if raw is None:
+        return None
+    try:
+        hint = decode(raw.encode(), "config_hint")
+    except MessageRejected as exc:
+        log.error("the held config hint is unreadable (%s): ignored", exc.reason)
+        return None
+    assert isinstance(hint, ConfigHint)
+    return hint

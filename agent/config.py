@@ -148,7 +148,11 @@ class CameraConfig(Strict):
     username: str | None = Field(None, max_length=255, description="RTSP user name.")
     password: SecretStr | None = Field(None, description="RTSP password; never logged.")
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
-    enabled: bool = Field(True, description="Record this camera; false keeps it configured.")
+    enabled: bool = Field(
+        True,
+        description="Record this camera; false keeps it configured. Central can disable it "
+        "too (a config hint), never enable it.",
+    )
     record: RecordConfig = Field(RecordConfig(), description="Recording settings.")
     lpr: LprConfig = Field(LprConfig(), description="Plate recognition on this camera.")
 
@@ -237,7 +241,8 @@ class SyncConfig(Strict):
         le=100_000,
         description="Cap on blob uploads (video, images) in megabits per second "
         "(1 Mbps = 125,000 bytes/s), so recordings catching up leave room on the link; "
-        "0 = unlimited. Plate reads and other messages are never held back by it.",
+        "0 = unlimited. Plate reads and other messages are never held back by it. Central "
+        "may set a cap for this agent too (a config hint): the smaller one applies.",
     )
 
     def upload_bytes_per_s(self) -> float | None:
@@ -260,7 +265,7 @@ class AgentConfig(Strict):
         StorageConfig(), description="Disk budget of the spool; applied live on reload."
     )
     sync: SyncConfig = Field(
-        SyncConfig(), description="Use of the link to central; applied on restart."
+        SyncConfig(), description="Use of the link to central; applied live on reload."
     )
     cameras: dict[CameraKey, CameraConfig] = Field(
         default_factory=dict,

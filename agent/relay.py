@@ -177,12 +177,9 @@ class Relay:
         self._blobs_link = _Link(url)
         self._http: httpx.AsyncClient | None = None
         self._blob_http: httpx.AsyncClient | None = None
-        rate = config.sync.upload_bytes_per_s()
-        # Under a cap, chunks of ~0.1 s of the rate keep the pace even.
         self._chunk = UPLOAD_CHUNK_BYTES
-        if rate is not None:
-            self._chunk = max(4096, min(UPLOAD_CHUNK_BYTES, int(rate / 10)))
-        self._bucket = None if rate is None else TokenBucket(rate, self._chunk)
+        self._bucket: TokenBucket | None = None
+        self.set_upload_cap(config.sync.upload_bytes_per_s())
         # Set while no message row is waiting: the blob lane starts an upload only then.
         self._messages_idle = asyncio.Event()
         self.sent = 0  # rows marked sent
@@ -198,6 +195,25 @@ class Relay:
         # central checks it is this agent's user.
         user = urlsplit(url).username
         self._broker_user = unquote(user) if user else None
+
+    def set_upload_cap(self, rate: float | None) -> None:
+        """Pace blob uploads to ``rate`` bytes per second (None: unlimited). A capped upload in
+        flight takes a new cap from its next chunk; an unpaced one finishes unpaced."""
+        # Under a cap, chunks of ~0.1 s of the rate keep the pace even.
+        self._chunk = UPLOAD_CHUNK_BYTES
+        if rate is None:
+            self._bucket = None
+            return
+        self._chunk = max(4096, min(UPLOAD_CHUNK_BYTES, int(rate / 10)))
+        if self._bucket is None:
+            self._bucket = TokenBucket(rate, self._chunk)
+        else:  # the same bucket: uploads in flight hold it
+            self._bucket.rate, self._bucket.burst = rate, self._chunk
+
+    @property
+    def upload_cap(self) -> float | None:
+        """The blob uploads' pace in bytes per second, None when unlimited."""
+        return None if self._bucket is None else self._bucket.rate
 
     @property
     def last_error(self) -> str | None:
@@ -724,9 +740,9 @@ class Relay:
 
     async def _paced(self, data: bytes, bucket: TokenBucket) -> AsyncIterator[bytes]:
         """The upload's bytes in chunks, each let through by the bandwidth cap."""
-        view = memoryview(data)
-        for i in range(0, len(data), self._chunk):
-            chunk = view[i : i + self._chunk]
+        view, size = memoryview(data), self._chunk  # the cap may change chunks meanwhile
+        for i in range(0, len(data), size):
+            chunk = view[i : i + size]
             await bucket.take(len(chunk))
             yield bytes(chunk)
             self.uploaded_bytes += len(chunk)

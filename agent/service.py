@@ -4,9 +4,14 @@ Every task runs in one TaskGroup, so an unexpected error in any of them stops th
 systemd restarts it). ``Agent.apply`` takes a new config while running: it starts added
 cameras, stops removed or disabled ones, restarts only the cameras whose settings changed and
 leaves the others alone (same task, same ffmpeg). The disk budget (``storage``) applies at the
-evictor's next check. Other top-level keys (agent id, city, data directory, how to reach
-central) are not applied live: the agent keeps the values it started with and says which keys
-wait for a restart.
+evictor's next check, the upload cap (``sync``) at the relay's next chunk. Other top-level
+keys (agent id, city, data directory, how to reach central) are not applied live: the agent
+keeps the values it started with and says which keys wait for a restart.
+
+Central's config hint (``ConfigHint``, held in the store) is laid over the YAML: the cameras
+that run are those the YAML enables minus those central disabled, and the upload cap is the
+smaller of the YAML's and central's. A new hint goes through the same path as a reload; the
+held one is applied at start-up before any camera starts.
 
 The agent writes its state (cameras, last config reload, disk budget and usage) to
 ``data_dir/status.json`` every few seconds, so ``gtvision-agent status`` can show it without
@@ -29,8 +34,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.commands import CommandConsumer
-from agent.config import AgentConfig, CameraConfig, redact_url
+from agent.commands import CommandConsumer, held_config_hint
+from agent.config import AgentConfig, CameraConfig, SyncConfig, redact_url
 from agent.eviction import Budget, Evictor
 from agent.lpr.service import LprService
 from agent.relay import Relay
@@ -39,6 +44,7 @@ from agent.segmenter import CameraRecorder
 from agent.spool import reconcile
 from agent.store import Store
 from agent.thumbnails import Thumbnailer
+from shared.messages import ConfigHint
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +76,7 @@ def changed_fields(old: BaseModel, new: BaseModel, prefix: str = "") -> list[str
     return keys
 
 
-LIVE_KEYS = ("cameras", "storage")  # applied while running; the rest wait for a restart
+LIVE_KEYS = ("cameras", "storage", "sync")  # applied while running; the rest wait for a restart
 
 
 def restart_required_keys(running: AgentConfig, new: AgentConfig) -> list[str]:
@@ -80,6 +86,24 @@ def restart_required_keys(running: AgentConfig, new: AgentConfig) -> list[str]:
         for k in changed_fields(running, new)
         if not any(k == live or k.startswith(f"{live}.") for live in LIVE_KEYS)
     ]
+
+
+def effective_config(config: AgentConfig, hint: ConfigHint | None) -> AgentConfig:
+    """The YAML config with central's hint laid over it: cameras central disabled (matched by
+    id) do not run, and the upload cap is the smaller of the YAML's and central's (either one
+    when only one is set). A hint never enables a camera or lifts a cap the YAML sets: the
+    installer's file stays authoritative, central may only hold back."""
+    if hint is None:
+        return config
+    disabled = hint.disabled_cameras()
+    cameras = {
+        key: cam.model_copy(update={"enabled": False}) if cam.enabled and cam.id in disabled
+        else cam
+        for key, cam in config.cameras.items()
+    }  # fmt: skip
+    caps = [c for c in (config.sync.max_upload_mbps, hint.max_upload_mbps) if c]
+    sync = SyncConfig(max_upload_mbps=min(caps)) if caps else config.sync
+    return config.model_copy(update={"cameras": cameras, "sync": sync})
 
 
 @dataclass(frozen=True)
@@ -109,13 +133,18 @@ class Agent:
     """
 
     def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
-        self.config = config  # as running: live cameras and budget, other keys as started
+        # As running: live keys (central's hint laid over the YAML), other keys as started.
+        self.config = config
+        self.file_config = config  # the YAML as last loaded
+        self.hint: ConfigHint | None = None  # central's config hint, as held in the store
         self.config_path = config_path
         self.store = Store(config.data_dir / "agent.sqlite3", config.agent_id)
         self.spool = config.data_dir / "segments"
         self.relay = Relay(config, self.store, health=self.heartbeat_health)
-        self.commands = CommandConsumer(config, self.store)
-        self.evictor = Evictor(self.store, self.spool, self._budget)
+        self.commands = CommandConsumer(config, self.store, on_config_hint=self.apply_hint)
+        self.evictor = Evictor(
+            self.store, self.spool, self._budget, reserve=config.data_dir / "disk-reserve"
+        )
         self.lpr = LprService(config, self.store)
         self.recorders: dict[str, CameraRecorder] = {}
         self.restart_required: tuple[str, ...] = ()
@@ -145,6 +174,10 @@ class Agent:
             # docs/design/segments.md "Start-up recovery": before any recorder starts, so no
             # file is being written while the spool is reconciled.
             await reconcile(self.store, self.spool)
+            # Central's held hint, before any camera starts: one it disabled stays stopped.
+            self.hint = await held_config_hint(self.store)
+            self.config = effective_config(self.file_config, self.hint)
+            self.relay.set_upload_cap(self.config.sync.upload_bytes_per_s())
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 self.started_at = time.time()
@@ -218,10 +251,24 @@ class Agent:
     # -- reconfiguring ---------------------------------------------------------------------
 
     async def apply(self, new: AgentConfig) -> ApplyResult:
-        """Bring the running cameras in line with ``new``; disturb only those that changed."""
+        """Bring the running cameras in line with ``new`` (the YAML, with central's hint laid
+        over it); disturb only those that changed."""
+        self.file_config = new
+        return await self._apply()
+
+    async def apply_hint(self, hint: ConfigHint) -> ApplyResult | None:
+        """Lay central's newly held hint over the YAML, the same way a reload applies; None if
+        the agent is not running (it applies the held hint when it starts)."""
+        self.hint = hint
+        if self.state != "running":
+            return None
+        return await self._apply()
+
+    async def _apply(self) -> ApplyResult:
         async with self._apply_lock:
             if self._tg is None or self.state != "running":
                 raise RuntimeError("the agent is not running")
+            new = effective_config(self.file_config, self.hint)
             running = self.config.cameras
             wanted = {k: c for k, c in new.cameras.items() if c.enabled}
             active = list(self._recorder_tasks)
@@ -235,8 +282,11 @@ class Agent:
                 log.info("camera=%s changed (%s): restarting its recorder", key, fields)
             if new.storage != self.config.storage:
                 log.info("disk budget changed: applied at the next check")
+            if new.sync != self.config.sync:
+                log.info("upload cap now %s Mbps", new.sync.max_upload_mbps or "no")
+                self.relay.set_upload_cap(new.sync.upload_bytes_per_s())
             self.config = self.config.model_copy(
-                update={"cameras": dict(new.cameras), "storage": new.storage}
+                update={"cameras": dict(new.cameras), "storage": new.storage, "sync": new.sync}
             )
             self.restart_required = tuple(restart_keys)
             await asyncio.gather(*(self._stop_recorder(k) for k in [*stopped, *restarted]))
@@ -279,11 +329,16 @@ class Agent:
     def camera_status(self) -> list[dict[str, Any]]:
         """key, name, status, reason and segments_registered of every configured camera."""
         cameras = []
+        version = self.hint.version if self.hint else None
+        central_off = dict.fromkeys(self.disabled_by_central(), version)
         for key, camera in self.config.cameras.items():
             recorder = self.recorders.get(key)
             if recorder is not None:
                 status, reason = recorder.status, recorder.reason
                 registered = recorder.segments_registered
+            elif key in central_off:
+                status, registered = "disabled", 0
+                reason = f"disabled at central (config hint version {central_off[key]})"
             elif not camera.enabled:
                 status, reason, registered = "disabled", "enabled: false in the config", 0
             else:
@@ -293,6 +348,7 @@ class Agent:
                     "key": key,
                     "name": camera.name,
                     "enabled": camera.enabled,
+                    "disabled_by_central": key in central_off,
                     "status": status,
                     "reason": reason,
                     "segments_registered": registered,
@@ -305,6 +361,7 @@ class Agent:
     def status(self) -> dict[str, Any]:
         """Everything the status file holds (no credentials: no URLs, no secrets)."""
         error = self.last_reload_error
+        cap = self.relay.upload_cap
         return {
             "agent_id": str(self.config.agent_id),
             "pid": os.getpid(),
@@ -320,11 +377,30 @@ class Agent:
                 "error": error.to_json() if error else None,
                 "restart_required": list(self.restart_required),
             },
+            "central_hint": self.hint_status(),
             "relay": {
                 "sent": self.relay.sent,
+                "upload_cap_mbps": None if cap is None else cap / 125_000,
                 "last_error": redact_url(self.relay.last_error) if self.relay.last_error else None,
             },
             "storage": self.storage_status(),
+        }
+
+    def disabled_by_central(self) -> list[str]:
+        """Keys of the cameras the YAML enables and central's hint disabled."""
+        if self.hint is None:
+            return []
+        off = self.hint.disabled_cameras()
+        return [k for k, c in self.file_config.cameras.items() if c.enabled and c.id in off]
+
+    def hint_status(self) -> dict[str, Any] | None:
+        """Central's held config hint, for the status file (None: none received)."""
+        if self.hint is None:
+            return None
+        return {
+            "version": self.hint.version,
+            "max_upload_mbps": self.hint.max_upload_mbps,
+            "cameras_disabled": self.disabled_by_central(),
         }
 
     def heartbeat_health(self) -> dict[str, Any]:

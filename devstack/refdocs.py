@@ -99,6 +99,12 @@ def agent_config_md() -> str:
         "`gtvision-agent check-config --config FILE`. Unknown keys are errors; every error names "
         "the key path and the value (secrets are never echoed). Camera credentials go in "
         "`username`/`password`, never inside the URL.\n\n"
+        "The file is the installer's and stays authoritative; central can only hold back what "
+        "it sets, through a config hint its admins cause: a camera disabled at central (or "
+        "assigned to another agent) is not recorded, and central's upload cap for the agent "
+        "applies when it is lower than `sync.max_upload_mbps`. `gtvision-agent status` shows the "
+        "hint's version, its cap and the cameras central disabled "
+        '(docs/design/sync.md, "Command channel").\n\n'
         "| key | type | default | bounds | description |\n|---|---|---|---|---|\n"
         f"{table}\n\n"
         "## Example\n\n```yaml\n"

@@ -166,7 +166,7 @@ async def test_commands_the_agent_cannot_apply_are_logged_and_acked(
         for body, kind in (
             (encode(request), "upload_request"),  # for segments the agent does not hold
             (encode(other), "upload_request"),  # addressed to another agent
-            (b'{"type": "config_hint"}', "config_hint"),  # a type without a handler
+            (b'{"type": "reboot"}', "reboot"),  # a type without a handler
             (b"{not json", "upload_request"),  # unparsable
         ):
             await channel.default_exchange.publish(
@@ -182,7 +182,7 @@ async def test_commands_the_agent_cannot_apply_are_logged_and_acked(
             for needle in (
                 f"upload request {request.request_id}: no unsent segment",
                 "not this one: ignored",
-                "of unknown type 'config_hint': ignored",
+                "of unknown type 'reboot': ignored",
                 "refused: invalid upload_request",
             )
         )
