@@ -320,9 +320,7 @@ class Relay:
                 # Newer rows of the position's priority, ahead of the rest of the backlog.
                 if live is None or live[0] != after[0]:
                     live = (after[0], head)
-                fresh = await self.store.pending_of(
-                    MESSAGE_ONLY_KINDS, FETCH_ROWS, live, below=after[0] + 1
-                )
+                fresh = await self.store.pending_of(MESSAGE_ONLY_KINDS, FETCH_ROWS, newer=live)
                 if fresh:
                     live = (fresh[-1].priority, fresh[-1].id)
             if backlog_read or len(fresh) >= FETCH_ROWS:

@@ -468,14 +468,21 @@ class Store:
         after: tuple[int, int] | None = None,
         below: int | None = None,
         through: int | None = None,
+        newer: tuple[int, int] | None = None,
     ) -> list[RawOutboxRow]:
         """Unsent rows of ``kinds`` in sending order, after (priority, id) ``after`` if given:
         the relay reads on past the rows it has in flight without reading them again. With
         ``below``, only rows of a priority under it (more urgent rows that came meanwhile);
-        with ``through``, only rows of an id up to it (the backlog a drain started with)."""
+        with ``through``, only rows of an id up to it (the backlog a drain started with); with
+        ``newer`` = (priority, id), only rows of that priority with a higher id (rows written
+        since, read apart from that backlog)."""
+        if newer is not None and (after is not None or below is not None):
+            raise ValueError("newer reads one priority: not with after or below")
         marks = ", ".join("?" * len(kinds))
         # "+kind": not the (kind, ref_id) index, which would read every row of the kinds ever
         # sent and sort them; the pending index holds only unsent rows, in sending order.
+        # ``newer`` as "priority = ? AND id > ?": the index is entered at that row, where a row
+        # value with a bound on the priority would walk every unsent row of the priority first.
         sql = (
             "SELECT id, priority, kind, ref_id, payload, attempts FROM outbox "  # noqa: S608
             f"WHERE sent_ms IS NULL AND dropped_ms IS NULL AND +kind IN ({marks}) "
@@ -483,11 +490,12 @@ class Store:
             + ("AND (priority, id) > (?, ?) " if after is not None else "")
             + ("AND priority < ? " if below is not None else "")
             + ("AND id <= ? " if through is not None else "")
+            + ("AND priority = ? AND id > ? " if newer is not None else "")
             + "ORDER BY priority, id LIMIT ?"
         )
         lowest = min(PRIORITY.get(k, 0) for k in kinds)
         params = [*kinds, lowest, *(after or ())]
-        params += [v for v in (below, through) if v is not None] + [limit]
+        params += [v for v in (below, through) if v is not None] + [*(newer or ()), limit]
 
         def query() -> list[RawOutboxRow]:
             return [RawOutboxRow(*r) for r in self.db.execute(sql, params).fetchall()]

@@ -100,8 +100,11 @@ async def test_pending_of_through_the_head_leaves_newer_rows(store: Store) -> No
     assert await store.pending_of(kinds, 100, (old[-1].priority, old[-1].id), through=head) == []
     # The newer rows of the priority, after the head.
     p = PRIORITY["plate_read"]
-    newer = await store.pending_of(kinds, 100, (p, head), below=p + 1)
+    newer = await store.pending_of(kinds, 100, newer=(p, head))
     assert [r.id for r in newer] == [head + 1, head + 2, head + 3]
+    assert await store.pending_of(kinds, 100, newer=(PRIORITY["loss_event"], 0)) == []
+    with pytest.raises(ValueError, match="newer"):
+        await store.pending_of(kinds, 100, (p, head), newer=(p, head))
     await store.mark_sent_many([r.id for r in old])
     assert await store.pending_of(kinds, 100, through=head) == []
 
