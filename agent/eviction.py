@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -41,6 +43,9 @@ MIN_BITRATE_SPAN_MS = 60_000
 EVICT_BATCH = 1000
 MAX_BATCHES_PER_CHECK = 100
 PURGE_EVERY_MS = 3_600_000  # the history purge runs at most hourly
+# Kept allocated beside the store so that an eviction can always commit on a full disk (SQLite
+# must write to delete): released for the eviction's transaction, made again afterwards.
+RESERVE_BYTES = 8 * 1024**2
 
 
 def _wall_ms() -> int:
@@ -227,6 +232,12 @@ class Evictor:
     and the filesystem's free space, and evicts what the budget wants back.
 
     ``budget`` is called at each check, so a reloaded budget applies at the next one.
+
+    A full disk (something else filled the filesystem) is the case the budget exists for, and
+    the one where SQLite cannot commit the eviction that would make room: ``reserve`` (a file
+    of ``RESERVE_BYTES`` kept allocated) is released when an eviction fails for want of space,
+    the eviction retried, and the reserve made again once there is room (docs/design/segments.md
+    step 7, "A full disk").
     """
 
     def __init__(
@@ -235,11 +246,14 @@ class Evictor:
         spool: Path,
         budget: Callable[[], Budget],
         clock_ms: Callable[[], int] = _wall_ms,
+        reserve: Path | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
         self.budget = budget
         self.clock_ms = clock_ms
+        self.reserve = reserve
+        self.reserve_released = 0  # times the reserve was given up to let an eviction commit
         self.last_check: dict[str, Any] | None = None
         self.last_error: str | None = None
         self._rate: tuple[int, float | None] | None = None  # (measured at ms, bytes per day)
@@ -247,16 +261,61 @@ class Evictor:
         self.history_forgotten = 0
 
     async def run(self) -> None:
-        """Check until cancelled. An OS error (statvfs, unlink) is logged and retried."""
+        """Check until cancelled. An OS or SQLite error (statvfs, unlink, a full disk) is
+        logged and retried: the budget is what makes room, it must not stop for want of it."""
         while True:
             try:
                 await self.check()
                 self.last_error = None
-            except OSError as exc:
+            except (OSError, sqlite3.Error) as exc:
                 if str(exc) != self.last_error:
                     log.error("disk budget check failed: %s", exc)
                 self.last_error = str(exc)
             await asyncio.sleep(self.budget().check_seconds)
+
+    def _make_reserve(self) -> bool:
+        """Allocate the reserve if it is missing and there is room for it beside the budget's
+        free space. Blocks."""
+        if self.reserve is None or self.reserve.exists():
+            return False
+        st = os.statvfs(self.reserve.parent)
+        wanted = RESERVE_BYTES + (self.budget().min_free_bytes or 0)
+        if st.f_bavail * st.f_frsize < wanted:
+            return False
+        tmp = self.reserve.with_name(self.reserve.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            return False
+        os.close(fd)
+        os.replace(tmp, self.reserve)
+        return True
+
+    def _release_reserve(self) -> bool:
+        if self.reserve is None or not self.reserve.exists():
+            return False
+        self.reserve.unlink()
+        fsync_dir(self.reserve.parent)
+        self.reserve_released += 1
+        log.error("disk full: released the %d MiB reserve so that eviction can commit",
+                  RESERVE_BYTES // 1024**2)  # fmt: skip
+        return True
+
+    async def _evict(self, need: int) -> Eviction:
+        """``Store.evict``, retried once with the reserve released if the disk is full."""
+        try:
+            return await self.store.evict(need, self.clock_ms(), EVICT_BATCH)
+        except (sqlite3.OperationalError, OSError) as exc:
+            full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+            if not (full or getattr(exc, "errno", None) == errno.ENOSPC):
+                raise
+            if not await asyncio.to_thread(self._release_reserve):
+                raise
+            return await self.store.evict(need, self.clock_ms(), EVICT_BATCH)
 
     async def usage(self) -> Usage:
         live = await self.store.spool_usage()
@@ -273,7 +332,7 @@ class Evictor:
             need = bytes_to_free(usage, budget)
             if need <= 0:
                 break
-            eviction = await self.store.evict(need, self.clock_ms(), EVICT_BATCH)
+            eviction = await self._evict(need)
             if not eviction.segments:
                 log.error("spool over its budget by %d bytes, and nothing left to evict", need)
                 break
@@ -283,6 +342,7 @@ class Evictor:
             usage = await self.usage()
         await self._record(usage, budget)
         await self.purge_history(budget)
+        await asyncio.to_thread(self._make_reserve)
         return done
 
     async def purge_history(self, budget: Budget) -> int:
@@ -374,6 +434,7 @@ class Evictor:
             "checked_ms": now,
             "max_bytes": budget.max_bytes,
             "min_free_bytes": budget.min_free_bytes,
+            "reserve_released": self.reserve_released,
             "used_bytes": usage.used_bytes,
             "free_bytes": usage.free_bytes,
             "crop_bytes": usage.image_bytes,

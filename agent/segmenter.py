@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 import uuid
@@ -191,6 +192,9 @@ class CameraRecorder:
             self.reason = (
                 _reason(err, proc.returncode) if err or proc.returncode else "stream ended"
             )
+            # ffmpeg does not always say ENOSPC (a failed trailer is "Invalid argument")
+            if self.status == "error" and await asyncio.to_thread(_spool_full, self.spool):
+                self.reason = DISK_FULL
         log.warning("camera=%s run=%s ended: %s", self.key, run_id, self.reason)
         produced += await self._recover_run(run_id)
         return produced
@@ -275,9 +279,23 @@ class CameraRecorder:
         return True
 
 
+DISK_FULL = "disk full: no space left on the spool's filesystem"
+
+
+def _spool_full(spool: Path) -> bool:
+    """Less than a segment's worth of room (1 MiB) left where segments are written."""
+    try:
+        st = os.statvfs(spool)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1024**2
+
+
 def _reason(stderr: str, returncode: int | None) -> str:
     """A human reason for a failed run, from ffmpeg's last error lines."""
     text = stderr.lower()
+    if "no space left" in text:
+        return DISK_FULL
     if "401" in text or "unauthorized" in text:
         return "authentication failed"
     if "404" in text or "not found" in text:
