@@ -365,8 +365,8 @@ class WatchlistAlert(WireModel):
     or within one character (``possible``, e.g. a misread glyph). Raised on the agent, so it
     fires while offline; queued before everything else. Idempotency key: ``alert_id``.
 
-    Not consumed by central yet: the relay leaves these outbox rows waiting until it sends the
-    type (central's alerts table already has its columns).
+    Central stores it in ``alerts`` (queue ``central.alerts``), even before its plate read
+    arrives: ``read_id`` links the two once it does.
     """
 
     type: Literal["watchlist_alert"] = "watchlist_alert"
