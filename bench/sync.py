@@ -723,6 +723,7 @@ async def run_drain_live(
         flush=True,
     )
     relay = Relay(config, store)
+    store.reset()
     cpu0 = meter.snapshot()
     t0 = time.monotonic()
     task = asyncio.create_task(relay.run(), name="relay-backlog")
@@ -798,7 +799,9 @@ async def run_drain_live(
     )
     print(
         f"  the relay had the backlog acked by the broker after about {t_published:.2f} s; "
-        f"the plates queue held up to {ready[0]} messages ready for the ingest",
+        f"the plates queue held up to {ready[0]} messages ready for the ingest; the relay "
+        f"waited {store.pending_s:.1f} s on pending_of() and {store.mark_s:.1f} s on "
+        f"{store.rounds} mark_sent_many() calls",
         flush=True,
     )
     print(f"  live during the drain: {live.line()}", flush=True)
@@ -809,6 +812,8 @@ async def run_drain_live(
         "drain_backlog_reads_per_s": round(drain_rate),
         "drain_backlog_published_s": round(t_published, 2),
         "drain_broker_ready_max": ready[0],
+        "drain_backlog_pending_s": round(store.pending_s, 2),
+        "drain_backlog_mark_sent_s": round(store.mark_s, 2),
         "drain_live_written": live.written,
         "drain_live_lost": live.lost,
         "drain_live_achieved_rate": round(live.achieved, 1),
