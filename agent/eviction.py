@@ -360,7 +360,7 @@ class Evictor:
         # Plate reads central has had: crop files first, rows second (a crash between them
         # leaves rows whose files are gone, which the next pass finishes).
         while sent := await self.store.sent_plate_reads(before, EVICT_BATCH):
-            await asyncio.to_thread(unlink_files, [Path(c) for _, c in sent if c])
+            await asyncio.to_thread(unlink_files, [Path(f) for _, files in sent for f in files])
             reads += await self.store.purge_plate_reads([r for r, _ in sent])
             await asyncio.sleep(0)
         # Thumbnails, loss events and alerts central has had (or superseded thumbnails).

@@ -63,7 +63,12 @@ BLOB_ROWS_PER_ROUND = 4
 # Blobs sent at once: a second upload's bytes flow while the first one's grant, publish and
 # mark wait on round trips. The bandwidth cap holds for them together.
 BLOB_CONCURRENCY = 2
-CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg", "crop": "image/jpeg"}
+CONTENT_TYPES = {
+    "segment": "video/mp4",
+    "thumbnail": "image/jpeg",
+    "crop": "image/jpeg",
+    "context": "image/jpeg",
+}
 # Outbox kinds whose payload is the whole wire message (no blob to upload first).
 MESSAGE_ONLY_KINDS = ("watchlist_alert", "plate_read", "loss_event")
 # Outbox kinds with a blob, in the blob lane; the store's priorities order them.
@@ -601,8 +606,21 @@ class Relay:
         """A plate read's evidence JPEG: kept on the agent after it is sent (docs/design/lpr.md)."""
         p = row.payload
         blob = await self._upload_file("crop", p["read_id"], p)
+        context = None
+        if "context" in p:  # the whole frame too (lpr.context_frame)
+            try:
+                context = await self._upload_file(
+                    "context", p["read_id"], {**p["context"], "camera_id": p["camera_id"]}
+                )
+            except FileNotFoundError:  # gone from the disk: the crop goes without it
+                log.warning("context frame of read %s is gone; sending its crop alone",
+                            p["read_id"])  # fmt: skip
         msg = PlateCrop(
-            read_id=p["read_id"], agent_id=self.config.agent_id, camera_id=p["camera_id"], blob=blob
+            read_id=p["read_id"],
+            agent_id=self.config.agent_id,
+            camera_id=p["camera_id"],
+            blob=blob,
+            context=context,
         )
         return encode(msg), routing_key("plate_crop", self.config.city_id, self.config.agent_id)
 

@@ -226,6 +226,29 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX outbox_dropped ON outbox (dropped_ms) WHERE dropped_ms IS NOT NULL;
     """,
+    # docs/design/lpr.md "Context frame": the whole frame of a read's evidence, beside its crop
+    # (cameras with lpr.context_frame); its bytes count with the crops' in spool_usage.
+    """
+    ALTER TABLE plate_reads ADD COLUMN context_path TEXT;
+    ALTER TABLE plate_reads ADD COLUMN context_size_bytes INTEGER;
+    ALTER TABLE plate_reads ADD COLUMN context_sha256 TEXT;
+    DROP TRIGGER plate_reads_crop_insert;
+    DROP TRIGGER plate_reads_crop_delete;
+    CREATE TRIGGER plate_reads_images_insert AFTER INSERT ON plate_reads
+    BEGIN
+        UPDATE spool_usage SET crop_bytes = crop_bytes
+            + CASE WHEN NEW.crop_path IS NULL THEN 0 ELSE coalesce(NEW.crop_size_bytes, 0) END
+            + CASE WHEN NEW.context_path IS NULL THEN 0
+                   ELSE coalesce(NEW.context_size_bytes, 0) END;
+    END;
+    CREATE TRIGGER plate_reads_images_delete AFTER DELETE ON plate_reads
+    BEGIN
+        UPDATE spool_usage SET crop_bytes = crop_bytes
+            - CASE WHEN OLD.crop_path IS NULL THEN 0 ELSE coalesce(OLD.crop_size_bytes, 0) END
+            - CASE WHEN OLD.context_path IS NULL THEN 0
+                   ELSE coalesce(OLD.context_size_bytes, 0) END;
+    END;
+    """,
 ]
 
 TIME_SOURCES = ("live", "recovered")
@@ -269,6 +292,10 @@ class LprRead:
     crop_path: str | None
     crop_size_bytes: int | None
     crop_sha256: str | None
+    # the whole frame of the crop (lpr.context_frame); only with a crop
+    context_path: str | None = None
+    context_size_bytes: int | None = None
+    context_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1013,13 +1040,16 @@ class Store:
 
         await self._run(update)
 
-    async def sent_plate_reads(self, before_ms: int, limit: int = 1000) -> list[tuple[str, str]]:
+    async def sent_plate_reads(
+        self, before_ms: int, limit: int = 1000
+    ) -> list[tuple[str, tuple[str, ...]]]:
         """Plate reads central has had since before ``before_ms`` (the read sent, its crop sent
-        or dropped, or none): (read_id, crop path or ""), for ``purge_plate_reads``."""
+        or dropped, or none): (read_id, its image files: crop, context frame), for
+        ``purge_plate_reads``."""
 
-        def query() -> list[tuple[str, str]]:
+        def query() -> list[tuple[str, tuple[str, ...]]]:
             rows = self.db.execute(
-                "SELECT p.read_id, coalesce(p.crop_path, '') FROM outbox o"
+                "SELECT p.read_id, p.crop_path, p.context_path FROM outbox o"
                 " JOIN plate_reads p ON p.read_id = o.ref_id"
                 " WHERE o.kind = 'plate_read' AND o.sent_ms IS NOT NULL AND o.sent_ms < ?"
                 " AND NOT EXISTS (SELECT 1 FROM outbox c WHERE c.kind = 'crop'"
@@ -1027,7 +1057,7 @@ class Store:
                 " LIMIT ?",
                 [before_ms, limit],
             ).fetchall()
-            return [(r[0], r[1]) for r in rows]
+            return [(r[0], tuple(f for f in r[1:] if f)) for r in rows]
 
         return await self._run(query)
 
@@ -1167,12 +1197,14 @@ class Store:
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO plate_reads (read_id, camera_id, plate, confidence,"
                     " seen_ms, segment_id, created_ms, first_ms, last_ms, box, crop_path,"
-                    " crop_size_bytes, crop_sha256, held, hold_until_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " crop_size_bytes, crop_sha256, held, hold_until_ms, context_path,"
+                    " context_size_bytes, context_sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [str(read.read_id), str(read.camera_id), read.plate, read.confidence,
                      read.seen_ms, segment_id, now, read.first_ms, read.last_ms,
                      json.dumps(list(read.box)), read.crop_path, read.crop_size_bytes,
-                     read.crop_sha256, 0 if segment_id else 1, now + hold_ms],
+                     read.crop_sha256, 0 if segment_id else 1, now + hold_ms,
+                     read.context_path, read.context_size_bytes, read.context_sha256],
                 )  # fmt: skip
                 if not cur.rowcount:
                     return False
@@ -1197,7 +1229,8 @@ class Store:
             raise RuntimeError("a store without agent_id cannot queue plate reads")
         r = self.db.execute(
             "SELECT camera_id, plate, confidence, seen_ms, segment_id, crop_path,"
-            " crop_size_bytes, crop_sha256 FROM plate_reads WHERE read_id = ?",
+            " crop_size_bytes, crop_sha256, context_path, context_size_bytes, context_sha256"
+            " FROM plate_reads WHERE read_id = ?",
             [read_id],
         ).fetchone()
         message = PlateRead(
@@ -1217,8 +1250,10 @@ class Store:
         if r[5] and r[6] and r[7]:
             # The evidence crop goes by claim-check in the blob lane (PlateCrop), keyed by the
             # read: central joins the two whichever arrives first.
-            crop = {"read_id": read_id, "camera_id": r[0], "path": r[5], "size_bytes": r[6],
-                    "sha256": r[7]}  # fmt: skip
+            crop: dict[str, Any] = {"read_id": read_id, "camera_id": r[0], "path": r[5],
+                                    "size_bytes": r[6], "sha256": r[7]}  # fmt: skip
+            if r[8] and r[9] and r[10]:  # its context frame goes with it
+                crop["context"] = {"path": r[8], "size_bytes": r[9], "sha256": r[10]}
             self.db.execute(
                 "INSERT OR IGNORE INTO outbox (kind, priority, ref_id, payload, created_ms)"
                 " VALUES ('crop', ?, ?, ?, ?)",

@@ -12,10 +12,12 @@ from shared.messages import PlateCrop
 
 
 async def insert_crop(conn: asyncpg.Connection, crop: PlateCrop) -> bool:
-    """Keep a verified crop under its read's id; a redelivery is ignored. True if it was new."""
+    """Keep a verified crop (and its context frame) under its read's id; a redelivery is
+    ignored. True if it was new."""
     result: str = await conn.execute(
-        "INSERT INTO lpr_crops (read_id, bucket, object_key, size_bytes, sha256)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (read_id) DO NOTHING",
+        "INSERT INTO lpr_crops (read_id, bucket, object_key, size_bytes, sha256, context_key)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (read_id) DO NOTHING",
         crop.read_id, crop.blob.bucket, crop.blob.key, crop.blob.size_bytes, crop.blob.sha256,
+        crop.context.key if crop.context else None,
     )  # fmt: skip
     return result.endswith(" 1")

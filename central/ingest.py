@@ -461,7 +461,11 @@ class CropConsumer(BlobConsumer):
     prefetch = 16
 
     async def process(self, message: AbstractIncomingMessage) -> None:
-        crop, _, _ = await self.verified(message, PlateCrop, lambda m: m.read_id)
+        crop, city, _ = await self.verified(message, PlateCrop, lambda m: m.read_id)
+        if crop.context is not None:  # the context frame is verified the same way
+            bucket, key_of = storage.UPLOAD_KINDS["context"]
+            expected = key_of(city, crop.camera_id, crop.read_id)
+            await verify_claim(self.s3, crop.context, bucket, expected)
         async with self.pool.acquire() as conn:
             inserted = await crops.insert_crop(conn, crop)
         self.inserted += int(inserted)

@@ -128,7 +128,7 @@ async def _sweep_plate_reads(
         async with pool.acquire() as conn, conn.transaction():
             # A read's crop is named by the read (image_url) or uploaded apart (lpr_crops).
             rows = await conn.fetch(
-                "SELECT e.id, e.image_url, k.bucket, k.object_key FROM lpr_events e"
+                "SELECT e.id, e.image_url, k.bucket, k.object_key, k.context_key FROM lpr_events e"
                 " LEFT JOIN lpr_crops k ON k.read_id = e.id"
                 " WHERE e.city_id = $1 AND e.detected_at < $2"
                 " ORDER BY e.detected_at LIMIT $3 FOR UPDATE OF e SKIP LOCKED",
@@ -138,6 +138,7 @@ async def _sweep_plate_reads(
                 break
             crops = [c for r in rows if (c := _crop(r["image_url"])) is not None]
             crops += [(r["bucket"], r["object_key"]) for r in rows if r["object_key"]]
+            crops += [(r["bucket"], r["context_key"]) for r in rows if r["context_key"]]
             if crops:
                 report.objects += await asyncio.to_thread(delete_objects, s3, crops)
             ids = [r["id"] for r in rows]

@@ -59,6 +59,11 @@ def crop_key(city_id: UUID, camera_id: UUID, read_id: UUID) -> str:
     return f"{city_id}/{camera_id}/{read_id}.jpg"
 
 
+def context_key(city_id: UUID, camera_id: UUID, read_id: UUID) -> str:
+    """A plate read's context frame (the whole scene) in ``lpr-images``, named by the read."""
+    return f"{city_id}/{camera_id}/{read_id}-context.jpg"
+
+
 def hls_key(object_key: str) -> str:
     """Where a segment's MPEG-TS rendition (made on first HLS play) is kept, in its bucket."""
     return f"hls/{object_key.removesuffix('.mp4')}.ts"
@@ -69,11 +74,17 @@ UPLOAD_KINDS = {
     "segment": ("recordings", segment_key),
     "thumbnail": ("thumbnails", thumbnail_key),
     "crop": ("lpr-images", crop_key),
+    "context": ("lpr-images", context_key),
 }
 
 
 # What each kind of upload holds (a multipart upload's type is set when it is created).
-UPLOAD_CONTENT_TYPES = {"segment": "video/mp4", "thumbnail": "image/jpeg", "crop": "image/jpeg"}
+UPLOAD_CONTENT_TYPES = {
+    "segment": "video/mp4",
+    "thumbnail": "image/jpeg",
+    "crop": "image/jpeg",
+    "context": "image/jpeg",
+}
 
 # S3's limits on multipart uploads: parts of at least 5 MiB (except the last), 10,000 at most.
 MIN_PART_BYTES = 5 * 1024**2

@@ -251,7 +251,7 @@ class Injector:
                     )
                     for i in range(start, min(n, start + batch))
                 ]
-                added = await _while_locked(partial(store.add_plate_reads, reads))
+                added = await while_locked(partial(store.add_plate_reads, reads))
                 if added != len(reads):
                     raise RuntimeError(f"only {added} of {len(reads)} new reads were added")
                 ids += [r.read_id for r in reads]
@@ -271,7 +271,7 @@ class Injector:
         try:
             folder = run_dir(self.site.spool, CAMERA_KEY, self.run_id)
             if not self._run_added:
-                await _while_locked(
+                await while_locked(
                     lambda: store.add_run(self.run_id, CAMERA_KEY, self.site.camera_id, BASE_MS)
                 )
                 self._run_added = True
@@ -292,7 +292,7 @@ class Injector:
                     sha256=hashlib.sha256(data).hexdigest(),
                     codec="h264",
                 )
-                if not await _while_locked(partial(store.add_segment, seg)):
+                if not await while_locked(partial(store.add_segment, seg)):
                     raise RuntimeError(f"segment file {path} was already registered")
                 ids.append(seg.segment_id)
                 self.segments += 1
@@ -301,7 +301,7 @@ class Injector:
         return ids
 
 
-async def _while_locked(write: Callable[[], Awaitable[T]], attempts: int = 20) -> T:
+async def while_locked(write: Callable[[], Awaitable[T]], attempts: int = 20) -> T:
     """Retry a write that found the database locked. The agent's store has one writer by
     design; this injector is a second process, and a deferred transaction that reads first
     gets SQLITE_BUSY at once (no busy timeout) when the agent committed in between. Each

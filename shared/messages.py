@@ -166,6 +166,11 @@ class PlateCrop(WireModel):
     agent_id: UUID = Field(description="Must match the routing key's agent.")
     camera_id: UUID = Field(description="The read's camera, of the agent's city.")
     blob: BlobRef = Field(description="The JPEG in the `lpr-images` bucket.")
+    context: BlobRef | None = Field(
+        None,
+        description="The whole frame the crop was cut from (a camera with `lpr.context_frame`), "
+        "a JPEG in `lpr-images` too.",
+    )
 
 
 class CameraHealth(WireModel):

@@ -188,6 +188,21 @@ def evidence(frame: Image, read: PlateCandidate) -> bytes | None:
     return crop_evidence(frame, read.box)
 
 
+CONTEXT_JPEG_QUALITY = 75
+
+
+def context_evidence(frame: Image, width: int) -> bytes | None:
+    """The whole frame, scaled down to ``width`` if wider, as JPEG (lpr.context_frame)."""
+    h, w = frame.shape[:2]
+    scaled = (
+        cv2.resize(frame, (width, round(h * width / w)), interpolation=cv2.INTER_AREA)
+        if w > width
+        else frame
+    )
+    ok, jpeg = cv2.imencode(".jpg", scaled, [cv2.IMWRITE_JPEG_QUALITY, CONTEXT_JPEG_QUALITY])
+    return jpeg.tobytes() if ok else None
+
+
 def write_crop(path: Path, data: bytes) -> str:
     """Write, fsync and rename into place; returns the SHA-256."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +350,14 @@ class LprCamera:
                     self.last_error = f"reading a frame failed: {type(exc).__name__}: {exc}"
                     log.exception("lpr camera=%s: reading a frame failed", self.key)
                     continue
-                done = tracker.update(ts_ms, result.reads, functools.partial(evidence, frame))
+                context = (
+                    functools.partial(context_evidence, frame, self.camera.lpr.context_width)
+                    if self.camera.lpr.context_frame
+                    else None
+                )
+                done = tracker.update(
+                    ts_ms, result.reads, functools.partial(evidence, frame), context
+                )
                 self.coasted = tracker.coasted
                 self.frame_ms = (time.perf_counter() - started) * 1000
                 self.frames_read += 1
@@ -354,10 +376,15 @@ class LprCamera:
         for p in passages:
             read_id = uuid.uuid4()
             crop_path = size = sha = None
+            context_path = context_size = context_sha = None
             if p.crop_jpeg:
                 path = self.crops_dir / self.key / f"{read_id}.jpg"
                 sha = await asyncio.to_thread(write_crop, path, p.crop_jpeg)
                 crop_path, size = str(path), len(p.crop_jpeg)
+                if p.context_jpeg:  # only with its crop
+                    path = self.crops_dir / self.key / f"{read_id}-context.jpg"
+                    context_sha = await asyncio.to_thread(write_crop, path, p.context_jpeg)
+                    context_path, context_size = str(path), len(p.context_jpeg)
             read = LprRead(
                 read_id=read_id,
                 camera_id=self.camera.id,
@@ -370,6 +397,9 @@ class LprCamera:
                 crop_path=crop_path,
                 crop_size_bytes=size,
                 crop_sha256=sha,
+                context_path=context_path,
+                context_size_bytes=context_size,
+                context_sha256=context_sha,
             )
             alerts = [
                 WatchlistAlert(

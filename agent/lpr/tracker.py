@@ -40,6 +40,7 @@ class PlatePassage:
     crop_jpeg: bytes | None
     hits: int  # frames with a read of this vehicle
     votes: dict[str, float]  # text -> summed confidence
+    context_jpeg: bytes | None = None  # the whole frame of the evidence crop, when asked
 
 
 @dataclass
@@ -49,7 +50,8 @@ class _Track:
     box: tuple[int, int, int, int]
     votes: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    best: dict[str, tuple[float, int, tuple[int, int, int, int], bytes | None]] = field(
+    # text -> (confidence, ts, box, crop, context) of its best read
+    best: dict[str, tuple[float, int, Box, bytes | None, bytes | None]] = field(
         default_factory=dict
     )
     hits: int = 0
@@ -67,7 +69,9 @@ class _Track:
         self.last_ms = ts_ms
         self.box = box
 
-    def add(self, read: PlateCandidate, ts_ms: int, crop: bytes | None) -> None:
+    def add(
+        self, read: PlateCandidate, ts_ms: int, crop: bytes | None, context: bytes | None = None
+    ) -> None:
         self.hits += 1
         self.coasts = 0
         self.moved(read.box, ts_ms)
@@ -75,7 +79,7 @@ class _Track:
         self.counts[read.plate] += 1
         held = self.best.get(read.plate)
         if held is None or read.confidence > held[0]:
-            self.best[read.plate] = (read.confidence, ts_ms, read.box, crop)
+            self.best[read.plate] = (read.confidence, ts_ms, read.box, crop, context)
 
     def settled(self) -> bool:
         plate = max(self.counts, key=lambda p: self.counts[p], default=None)
@@ -155,12 +159,15 @@ class PlateTracker:
         ts_ms: int,
         reads: list[PlateCandidate],
         crop: Callable[[PlateCandidate], bytes | None] | None = None,
+        context: Callable[[], bytes | None] | None = None,
     ) -> list[PlatePassage]:
-        """Add one frame's reads (``crop`` makes a read's evidence JPEG, asked only for a
-        track's best read so far); returns the passages that ended before this frame."""
+        """Add one frame's reads (``crop`` makes a read's evidence JPEG and ``context`` the
+        frame's, asked only for a track's best read so far, the frame's once); returns the
+        passages that ended before this frame."""
         done = self._expire(ts_ms)
         # a track extended on this frame without a read takes no read of it either
         taken: set[int] = {id(t) for t in self._tracks if t.coasted_ms == ts_ms}
+        frame_jpeg: list[bytes | None] = []  # made once, for every track that wants it
         for read in sorted(reads, key=lambda r: -r.confidence):
             track = self._match(read, ts_ms, taken)
             if track is None:
@@ -168,8 +175,11 @@ class PlateTracker:
                 self._tracks.append(track)
             taken.add(id(track))
             held = track.best.get(read.plate)
-            evidence = crop(read) if crop and (held is None or read.confidence > held[0]) else None
-            track.add(read, ts_ms, evidence)
+            better = held is None or read.confidence > held[0]
+            evidence = crop(read) if crop and better else None
+            if context and better and not frame_jpeg:
+                frame_jpeg.append(context())
+            track.add(read, ts_ms, evidence, frame_jpeg[0] if better and frame_jpeg else None)
         return done
 
     def flush(self) -> list[PlatePassage]:
@@ -211,7 +221,7 @@ class PlateTracker:
 
     def _result(self, track: _Track) -> PlatePassage | None:
         plate = max(track.votes, key=lambda p: (track.votes[p], track.counts[p]))
-        best_conf, best_ms, box, crop = track.best[plate]
+        best_conf, best_ms, box, crop, context = track.best[plate]
         if track.hits < self.min_hits and best_conf < self.single_hit_confidence:
             return None
         share = track.votes[plate] / sum(track.votes.values())
@@ -224,6 +234,7 @@ class PlateTracker:
             best_ms=best_ms,
             box=box,
             crop_jpeg=crop,
+            context_jpeg=context,
             hits=track.hits,
             votes=dict(track.votes),
         )

@@ -73,9 +73,9 @@ class AgentHealth(BaseModel):
 
 
 class UploadRequest(BaseModel):
-    kind: Literal["segment", "thumbnail", "crop"] = Field(
+    kind: Literal["segment", "thumbnail", "crop", "context"] = Field(
         description="segment: an MP4; thumbnail: a camera's view; crop: a plate read's "
-        "evidence JPEG (object_id is the read's id)."
+        "evidence JPEG, context: the whole frame it was cut from (object_id is the read's id)."
     )
     camera_id: UUID
     object_id: UUID
@@ -116,7 +116,7 @@ class UploadGrant(BaseModel):
 class UploadRef(BaseModel):
     """A multipart upload of the agent's own: the key is derived as for the grant."""
 
-    kind: Literal["segment", "thumbnail", "crop"]
+    kind: Literal["segment", "thumbnail", "crop", "context"]
     camera_id: UUID
     object_id: UUID
     upload_id: str = Field(min_length=1, max_length=1024)

@@ -31,6 +31,11 @@ class PlateHit(BaseModel):
     confidence: float
     detected_at: datetime = Field(description="UTC.")
     crop_url: str | None = Field(None, description="Presigned; only on the detail endpoint.")
+    context_url: str | None = Field(
+        None,
+        description="The whole frame the crop was cut from, when the camera keeps one; "
+        "presigned, only on the detail endpoint.",
+    )
 
 
 class SearchPage(BaseModel):
@@ -85,12 +90,13 @@ async def search_plates(
 async def plate_read(
     read_id: UUID, r: Res, who: Annotated[Principal, Depends(requires("plates:search"))]
 ) -> PlateHit:
-    """One plate read, with a short-lived URL of its evidence crop when there is one (the
-    crop the agent uploaded after the read, ``lpr_crops``, or one the read itself named)."""
+    """One plate read, with short-lived URLs of its evidence crop when there is one (the
+    crop the agent uploaded after the read, ``lpr_crops``, or one the read itself named) and
+    of its context frame when the camera keeps one."""
     async with r.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             f"SELECT {plates.SEARCH_COLUMNS}, k.bucket AS crop_bucket,"  # noqa: S608 - constant
-            " k.object_key AS crop_key FROM lpr_events e"
+            " k.object_key AS crop_key, k.context_key FROM lpr_events e"
             " JOIN cameras c ON c.id = e.camera_id"
             " LEFT JOIN lpr_crops k ON k.read_id = e.id"
             " WHERE e.id = $1 AND ($2::uuid[] IS NULL OR e.city_id = ANY($2))",
@@ -114,6 +120,11 @@ async def plate_read(
         # Only the object named by the read's own city and camera: a crop is stored before its
         # read may exist, so its key is checked against the read here.
         crop = row["crop_bucket"], row["crop_key"]
+        if row["context_key"] == storage.context_key(row["city_id"], row["camera_id"], read_id):
+            hit.context_url = await asyncio.to_thread(
+                storage.presign_get, r.s3_public, row["crop_bucket"], row["context_key"],
+                CROP_URL_TTL_S,
+            )  # fmt: skip
     if crop is not None:
         hit.crop_url = await asyncio.to_thread(
             storage.presign_get, r.s3_public, crop[0], crop[1], CROP_URL_TTL_S

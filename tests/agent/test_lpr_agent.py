@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import pytest
 
 from agent.lpr import camera as lpr_camera
@@ -84,7 +85,8 @@ async def test_each_car_read_once_into_sqlite_with_alerts_offline(
     await store.replace_watchlist([WatchEntry(plates[0], None, "furto"), WatchEntry(near)])
     await store.close()
 
-    cameras = {"cam1": lpr_camera_entry(camera.url)}
+    # with context frames, scaled down from the scene's 1280 px
+    cameras = {"cam1": lpr_camera_entry(camera.url, context_frame=True, context_width=640)}
     async with running_agent(tmp_path, cameras) as run:
         data_dir = run.data_dir
 
@@ -128,6 +130,19 @@ async def test_each_car_read_once_into_sqlite_with_alerts_offline(
     assert alerts[plates[0]]["match"] == "exact" and alerts[plates[0]]["plate"] == plates[0]
     assert alerts[near]["match"] == "possible" and alerts[near]["plate"] == plates[1]
     assert {pr for k, pr, _ in outbox if k == "watchlist_alert"} == {0}  # first in line
+
+    # Each read's context frame: on disk beside its crop, whole scene at 640 px, and in the
+    # crop's outbox row so it travels with it.
+    crops = [json.loads(p) for (p,) in db_rows(data_dir, "SELECT payload FROM outbox"
+                                                          " WHERE kind = 'crop'")]  # fmt: skip
+    assert len(crops) == len(plates)
+    for crop in crops:
+        context = crop["context"]
+        data = await asyncio.to_thread(Path(context["path"]).read_bytes)
+        assert len(data) == context["size_bytes"]
+        assert hashlib.sha256(data).hexdigest() == context["sha256"]
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape[:2] == (360, 640), image.shape
 
 
 @pytest.mark.timeout(60)

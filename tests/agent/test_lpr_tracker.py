@@ -1,6 +1,8 @@
 """The per-camera tracker: frame reads become one passage per vehicle with a voted text;
 repeats within the suppression window are dropped; lone weak reads are not passages."""
 
+from collections.abc import Callable
+
 from agent.lpr.recognizer import PlateCandidate
 from agent.lpr.tracker import PlateTracker
 
@@ -89,3 +91,31 @@ def test_unsettled_track_is_always_read() -> None:
     assert not tracker.coast(800, (260, 300, 120, 24))
     run(tracker, [(800, [read("BRA2E19", 260)])])
     assert tracker.coast(1000, (300, 300, 120, 24))
+
+
+def test_context_frame_is_made_once_a_frame_and_kept_with_the_best_read() -> None:
+    tracker = PlateTracker()
+    made: list[int] = []
+
+    def frame_of(ts: int) -> Callable[[], bytes]:
+        def make() -> bytes:
+            made.append(ts)
+            return f"frame {ts}".encode()
+
+        return make
+
+    frames = [
+        (0, [read("BRA2E19", 100, 0.90), read("ABC1234", 900, 0.91)]),
+        (200, [read("BRA2E19", 140, 0.97), read("ABC1234", 860, 0.80)]),  # BRA's best
+        (400, [read("BRA2E19", 180, 0.95), read("ABC1234", 820, 0.85)]),  # no new best
+    ]
+    for ts, reads in frames:
+        tracker.update(ts, reads, crop=lambda r: r.plate.encode(), context=frame_of(ts))
+    assert made == [0, 200]  # both tracks improved on frame 0: one JPEG
+    passages = {p.plate: p for p in tracker.update(5000, [])}
+    assert passages["BRA2E19"].context_jpeg == b"frame 200"
+    assert passages["ABC1234"].context_jpeg == b"frame 0"
+    # without the callback there is no context
+    plain = PlateTracker()
+    run(plain, [(0, [read("BRA2E19", 100)]), (200, [read("BRA2E19", 140)])])
+    assert [p.context_jpeg for p in plain.flush()] == [None]

@@ -114,17 +114,24 @@ async def test_crop_not_matching_its_claim_or_of_another_city_is_never_stored(
     foreign = upload_crop(s3_client, other, uuid.uuid4(), JPEG).model_copy(
         update={"agent_id": site["agent"]}
     )
-    await publish_many(amqp_url, site, [(key, encode(tampered)), (key, encode(foreign))])
-    # The foreign one at once with its reason; the tampered one retried until the delivery
+    # A good crop whose context frame claims an object of another city.
+    stray = upload_crop(s3_client, site, uuid.uuid4(), JPEG)
+    stray_key = storage.context_key(other["city"], other["camera"], stray.read_id)
+    s3_client.put_object("lpr-images", stray_key, io.BytesIO(JPEG), len(JPEG))
+    stray = stray.model_copy(update={"context": stray.blob.model_copy(update={"key": stray_key})})
+    await publish_many(
+        amqp_url, site, [(key, encode(tampered)), (key, encode(foreign)), (key, encode(stray))]
+    )
+    # The foreign ones at once with their reason; the tampered one retried until the delivery
     # limit dead-letters it.
     letters = await dead_letters(
-        amqp_url, expect=2, timeout_s=60, queue=CROPS_QUEUE.dead_letter_queue
+        amqp_url, expect=3, timeout_s=60, queue=CROPS_QUEUE.dead_letter_queue
     )
-    assert len(letters) == 2, letters
+    assert len(letters) == 3, letters
     reasons = [str(letter["reason"]) for letter in letters]
     assert any("not in agent" in r for r in reasons), reasons
     assert {PlateCrop.model_validate_json(letter["body"]).read_id for letter in letters} == {
-        tampered.read_id, foreign.read_id,
+        tampered.read_id, foreign.read_id, stray.read_id,
     }  # fmt: skip
     assert await crop_rows(db_pool) == 0
 
@@ -144,17 +151,21 @@ async def test_retention_removes_expired_reads_crops_rows_and_objects(
                 read_id, w["cam_a"], (NOW - age).replace(tzinfo=None), w["a"],
             )  # fmt: skip
             keys[name] = storage.crop_key(w["a"], w["cam_a"], read_id)
+            keys[f"{name} context"] = storage.context_key(w["a"], w["cam_a"], read_id)
             put(s3_client, "lpr-images", keys[name])
+            put(s3_client, "lpr-images", keys[f"{name} context"])
+            blob = BlobRef(bucket="lpr-images", key=keys[name], size_bytes=10, sha256="0" * 64)
             crop = PlateCrop(
                 read_id=read_id, agent_id=agent or uuid.uuid4(), camera_id=w["cam_a"],
-                blob=BlobRef(bucket="lpr-images", key=keys[name], size_bytes=10,
-                             sha256="0" * 64),
+                blob=blob, context=blob.model_copy(update={"key": keys[f"{name} context"]}),
             )  # fmt: skip
             assert await crops.insert_crop(conn, crop)
     report = await retention.sweep(db_pool, s3_client, now=NOW)
-    assert report.plate_reads == 1 and report.objects == 1
+    assert report.plate_reads == 1 and report.objects == 2  # the crop and its context frame
     assert not exists(s3_client, "lpr-images", keys["old"])
+    assert not exists(s3_client, "lpr-images", keys["old context"])
     assert exists(s3_client, "lpr-images", keys["recent"])
+    assert exists(s3_client, "lpr-images", keys["recent context"])
     async with db_pool.acquire() as conn:
         left = [r["object_key"] for r in await conn.fetch("SELECT object_key FROM lpr_crops")]
     assert left == [keys["recent"]]
