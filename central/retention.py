@@ -52,11 +52,15 @@ class SweepReport:
     loss_events: int = 0
     alerts: int = 0
     recordings: int = 0
+    orphan_crops: int = 0  # crops whose read never arrived
     cities: list[UUID] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
-        return self.segments + self.plate_reads + self.loss_events + self.alerts + self.recordings
+        return (
+            self.segments + self.plate_reads + self.loss_events + self.alerts + self.recordings
+            + self.orphan_crops
+        )  # fmt: skip
 
 
 def delete_objects(s3: Minio, objects: list[tuple[str, str]]) -> int:
@@ -186,6 +190,7 @@ async def sweep(pool: asyncpg.Pool, s3: Minio, now: datetime | None = None) -> S
         before = report.rows
         await _sweep_segments(pool, s3, plan["id"], cutoff, report)
         await _sweep_plate_reads(pool, s3, plan["id"], cutoff, report)
+        await _sweep_orphan_crops(pool, s3, plan["id"], cutoff, report)
         await _sweep_rows(pool, plan["id"], cutoff, report)
         if report.rows > before:
             report.cities.append(plan["id"])
@@ -197,6 +202,34 @@ async def sweep(pool: asyncpg.Pool, s3: Minio, now: datetime | None = None) -> S
             report.recordings, report.objects, len(report.cities),
         )  # fmt: skip
     return report
+
+
+async def _sweep_orphan_crops(
+    pool: asyncpg.Pool, s3: Minio, city_id: UUID, cutoff: datetime, report: SweepReport
+) -> None:
+    """Crops (and context frames) received before the cutoff whose read never arrived (a read
+    dead-lettered, or lost with a central restored from backup): nothing would ever sweep
+    them with a read. A crop's key starts with its city (``storage.crop_key``)."""
+    prefix = f"{city_id}/%"
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT k.read_id, k.bucket, k.object_key, k.context_key FROM lpr_crops k"
+                " WHERE k.object_key LIKE $1 AND k.received_at < $2"
+                " AND NOT EXISTS (SELECT 1 FROM lpr_events e WHERE e.id = k.read_id)"
+                " ORDER BY k.received_at LIMIT $3 FOR UPDATE OF k SKIP LOCKED",
+                prefix, cutoff, BATCH,
+            )  # fmt: skip
+            if not rows:
+                break
+            objects = [(r["bucket"], r["object_key"]) for r in rows]
+            objects += [(r["bucket"], r["context_key"]) for r in rows if r["context_key"]]
+            report.objects += await asyncio.to_thread(delete_objects, s3, objects)
+            ids = [r["read_id"] for r in rows]
+            await conn.execute("DELETE FROM lpr_crops WHERE read_id = ANY($1::uuid[])", ids)
+            report.orphan_crops += len(rows)
+        if len(rows) < BATCH:
+            break
 
 
 async def run(

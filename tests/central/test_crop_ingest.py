@@ -160,12 +160,27 @@ async def test_retention_removes_expired_reads_crops_rows_and_objects(
                 blob=blob, context=blob.model_copy(update={"key": keys[f"{name} context"]}),
             )  # fmt: skip
             assert await crops.insert_crop(conn, crop)
+        # Crops whose read never arrived: swept by when they came, objects first.
+        for name, age in (("orphan", timedelta(days=20)), ("new orphan", timedelta(days=1))):
+            read_id = uuid.uuid4()
+            keys[name] = storage.crop_key(w["a"], w["cam_a"], read_id)
+            put(s3_client, "lpr-images", keys[name])
+            blob = BlobRef(bucket="lpr-images", key=keys[name], size_bytes=10, sha256="0" * 64)
+            assert await crops.insert_crop(conn, PlateCrop(
+                read_id=read_id, agent_id=agent or uuid.uuid4(), camera_id=w["cam_a"], blob=blob,
+            ))  # fmt: skip
+            await conn.execute(
+                "UPDATE lpr_crops SET received_at = $2 WHERE read_id = $1", read_id, NOW - age
+            )
     report = await retention.sweep(db_pool, s3_client, now=NOW)
-    assert report.plate_reads == 1 and report.objects == 2  # the crop and its context frame
+    assert report.plate_reads == 1 and report.orphan_crops == 1
+    assert report.objects == 3  # the read's crop and context frame, the orphan crop
+    assert not exists(s3_client, "lpr-images", keys["orphan"])
+    assert exists(s3_client, "lpr-images", keys["new orphan"])
     assert not exists(s3_client, "lpr-images", keys["old"])
     assert not exists(s3_client, "lpr-images", keys["old context"])
     assert exists(s3_client, "lpr-images", keys["recent"])
     assert exists(s3_client, "lpr-images", keys["recent context"])
     async with db_pool.acquire() as conn:
         left = [r["object_key"] for r in await conn.fetch("SELECT object_key FROM lpr_crops")]
-    assert left == [keys["recent"]]
+    assert sorted(left) == sorted([keys["recent"], keys["new orphan"]])
