@@ -267,10 +267,18 @@ class BlobConsumer(Consumer):
         msg, city = self.envelope(message)
         assert isinstance(msg, kind)
         await self.check_camera(msg.agent_id, msg.camera_id, city)
-        bucket, key_of = storage.UPLOAD_KINDS[self.upload_kind]
-        expected = key_of(city, msg.camera_id, object_id(msg))
-        await verify_claim(self.s3, msg.blob, bucket, expected)
+        expected = await self.check_claim(self.upload_kind, msg.blob, city, msg.camera_id,
+                                          object_id(msg))  # fmt: skip
         return msg, city, expected
+
+    async def check_claim(
+        self, upload_kind: str, blob: BlobRef, city: UUID, camera_id: UUID, object_id: UUID
+    ) -> str:
+        """Verify a blob at the key central grants for this kind and object; returns the key."""
+        bucket, key_of = storage.UPLOAD_KINDS[upload_kind]
+        expected = key_of(city, camera_id, object_id)
+        await verify_claim(self.s3, blob, bucket, expected)
+        return expected
 
 
 class SegmentConsumer(BlobConsumer):
@@ -463,9 +471,7 @@ class CropConsumer(BlobConsumer):
     async def process(self, message: AbstractIncomingMessage) -> None:
         crop, city, _ = await self.verified(message, PlateCrop, lambda m: m.read_id)
         if crop.context is not None:  # the context frame is verified the same way
-            bucket, key_of = storage.UPLOAD_KINDS["context"]
-            expected = key_of(city, crop.camera_id, crop.read_id)
-            await verify_claim(self.s3, crop.context, bucket, expected)
+            await self.check_claim("context", crop.context, city, crop.camera_id, crop.read_id)
         async with self.pool.acquire() as conn:
             inserted = await crops.insert_crop(conn, crop)
         self.inserted += int(inserted)

@@ -141,8 +141,7 @@ async def _sweep_plate_reads(
             if not rows:
                 break
             crops = [c for r in rows if (c := _crop(r["image_url"])) is not None]
-            crops += [(r["bucket"], r["object_key"]) for r in rows if r["object_key"]]
-            crops += [(r["bucket"], r["context_key"]) for r in rows if r["context_key"]]
+            crops += _crop_objects(rows)
             if crops:
                 report.objects += await asyncio.to_thread(delete_objects, s3, crops)
             ids = [r["id"] for r in rows]
@@ -204,6 +203,13 @@ async def sweep(pool: asyncpg.Pool, s3: Minio, now: datetime | None = None) -> S
     return report
 
 
+def _crop_objects(rows: list[asyncpg.Record]) -> list[tuple[str, str]]:
+    """The objects of ``lpr_crops`` rows (bucket, object_key, context_key): crops and their
+    context frames."""
+    objects = [(r["bucket"], r["object_key"]) for r in rows if r["object_key"]]
+    return objects + [(r["bucket"], r["context_key"]) for r in rows if r["context_key"]]
+
+
 async def _sweep_orphan_crops(
     pool: asyncpg.Pool, s3: Minio, city_id: UUID, cutoff: datetime, report: SweepReport
 ) -> None:
@@ -222,9 +228,7 @@ async def _sweep_orphan_crops(
             )  # fmt: skip
             if not rows:
                 break
-            objects = [(r["bucket"], r["object_key"]) for r in rows]
-            objects += [(r["bucket"], r["context_key"]) for r in rows if r["context_key"]]
-            report.objects += await asyncio.to_thread(delete_objects, s3, objects)
+            report.objects += await asyncio.to_thread(delete_objects, s3, _crop_objects(rows))
             ids = [r["read_id"] for r in rows]
             await conn.execute("DELETE FROM lpr_crops WHERE read_id = ANY($1::uuid[])", ids)
             report.orphan_crops += len(rows)

@@ -17,11 +17,9 @@ import pytest
 
 from agent.eviction import RESERVE_BYTES
 from agent.segmenter import DISK_FULL
-from agent.store import Store
-from tests.agent.spool_child import AGENT_ID, CAMERA_KEY
-from tests.agent.test_eviction import MIB, agent_with_budget
+from tests.agent.spool_child import CAMERA_KEY
+from tests.agent.test_eviction import MIB, agent_with_budget, recovered_store
 from tests.agent.test_reload import wait_until
-from tests.agent.test_spool import check_invariants, reconcile_at
 
 
 @contextlib.contextmanager
@@ -129,13 +127,6 @@ async def test_full_disk_evicts_with_the_reserve_says_why_and_recovers(
             await wait_until("the reserve again", reserve.exists, 30, task)
             print("full disk: recorder said", repr(reason))
 
-        db, spool = Path(data["data_dir"]) / "agent.sqlite3", Path(data["data_dir"]) / "segments"
-        await reconcile_at(db, spool)
-        check_invariants(db, spool)
-        store = Store(db, AGENT_ID)
-        await store.open()
-        try:
+        async with recovered_store(Path(data["data_dir"])) as store:
             # every segment the disk took from us is accounted for as a loss, none is "lost"
             assert (await store.backlog())["lost"] == 0
-        finally:
-            await store.close()

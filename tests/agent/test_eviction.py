@@ -420,6 +420,20 @@ async def test_crash_between_eviction_commit_and_unlink(camera: Any, tmp_path: P
 
 
 @contextlib.asynccontextmanager
+async def recovered_store(data_dir: Path) -> AsyncIterator[Store]:
+    """The stopped agent's store after start-up recovery, its invariants checked."""
+    db, spool = data_dir / "agent.sqlite3", data_dir / "segments"
+    await reconcile_at(db, spool)
+    check_invariants(db, spool)
+    store = Store(db, AGENT_ID)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
 async def agent_with_budget(
     tmp_path: Path, url: str, storage: dict[str, Any]
 ) -> AsyncIterator[tuple[Agent, Path, dict[str, Any], asyncio.Task[None]]]:
@@ -475,17 +489,10 @@ async def test_running_agent_stays_within_budget_and_reports_it(
         recorder = agent.recorders[CAMERA_KEY]
         assert recorder.status == "online", recorder.reason
 
-    db, spool = Path(data["data_dir"]) / "agent.sqlite3", Path(data["data_dir"]) / "segments"
-    await reconcile_at(db, spool)
-    check_invariants(db, spool)
-    store = Store(db, AGENT_ID)
-    await store.open()
-    try:
+    async with recovered_store(Path(data["data_dir"])) as store:
         # One ffmpeg run throughout: eviction never pulled the directory from under it.
         assert len(await store.runs()) == 1
         losses = await loss_events(store)
         usage = await store.spool_usage()
         assert sum(x.segments for x in losses) == usage.evicted_unsynced >= 3
         assert {x.agent_id for x in losses} == {uuid.UUID(data["agent_id"])}
-    finally:
-        await store.close()
